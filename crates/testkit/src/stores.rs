@@ -1,1 +1,425 @@
-//! The storage conformance suite.
+//! The storage conformance suite: every database adapter must pass it, so that the kernel's
+//! stores (event store, outbox, inbox, checkpoints, projections, sagas, timers, leases) behave
+//! the same on SQLite and PostgreSQL.
+//!
+//! To instantiate it for a new adapter, implement [`DatabaseFactory`] (each call returns a
+//! fresh, empty database) and invoke [`store_conformance_tests!`] in a test file:
+//!
+//! ```ignore
+//! weir_testkit::store_conformance_tests!(MyFactory);
+//! ```
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use serde_json::json;
+use weir_core::{
+    Db, Event, Keyring,
+    bus::{self, Capabilities, Message, Publisher},
+    db::Transaction,
+    store::{
+        self, checkpoints,
+        event_store::{self, ExpectedVersion, Recorded},
+        inbox, lease,
+        outbox::{self, Outbox},
+        projection::{self, Projection},
+        sagas,
+    },
+};
+
+/// Opens fresh databases for the suite.
+#[async_trait]
+pub trait DatabaseFactory: Send + Sync {
+    /// A new, empty database (the kernel's tables are installed by the suite).
+    async fn fresh(&self) -> Db;
+}
+
+async fn fresh(factory: &dyn DatabaseFactory) -> Db {
+    let db = factory.fresh().await;
+    store::install(db.as_ref()).await.expect("installing the kernel tables");
+    // Installing twice is harmless.
+    store::install(db.as_ref()).await.expect("installing the kernel tables again");
+    db
+}
+
+fn event(kind: &str, subject: &str, n: i64) -> Event {
+    Event::new("testkit", kind, subject, &json!({ "n": n })).unwrap()
+}
+
+/// A publisher that remembers what it was given: the outbox relay's observable effect.
+#[derive(Default, Clone)]
+pub struct RecordingPublisher {
+    pub published: Arc<Mutex<Vec<(String, Message)>>>,
+    /// When set, every publish fails (a broker outage).
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl Publisher for RecordingPublisher {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> bus::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(bus::Error::Closed);
+        }
+        self.published.lock().unwrap().extend(messages.into_iter().map(|m| (topic.to_owned(), m)));
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ordered_per_key: true, persistent: false, consumer_groups: false, delayed_redelivery: false }
+    }
+}
+
+pub async fn event_store_appends_and_reads(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let dialect = db.dialect();
+    let mut tx = db.begin().await.unwrap();
+    let v = event_store::append(
+        tx.as_mut(),
+        dialect,
+        "order-1",
+        ExpectedVersion::NoStream,
+        &[event("a", "order-1", 1), event("b", "order-1", 2)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, 2);
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    event_store::append(tx.as_mut(), dialect, "order-2", ExpectedVersion::Any, &[event("a", "order-2", 3)])
+        .await
+        .unwrap();
+    event_store::append(tx.as_mut(), dialect, "order-1", ExpectedVersion::Exact(2), &[event("c", "order-1", 4)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let stream = event_store::read_stream(db.as_ref(), "order-1", 0).await.unwrap();
+    assert_eq!(stream.iter().map(|r| r.event.kind.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(stream.iter().map(|r| r.version).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(event_store::read_stream(db.as_ref(), "order-1", 2).await.unwrap().len(), 1);
+    let all = event_store::read_all(db.as_ref(), 0, 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position), "positions increase");
+    assert_eq!(all[0].event.data::<serde_json::Value>().unwrap(), json!({"n": 1}));
+    let tail = event_store::read_all(db.as_ref(), all[1].position, 100).await.unwrap();
+    assert_eq!(tail.len(), 2);
+    assert_eq!(event_store::read_all(db.as_ref(), 0, 1).await.unwrap().len(), 1);
+}
+
+pub async fn event_store_detects_conflicts(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let dialect = db.dialect();
+    let append = |expected, n| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let r = event_store::append(tx.as_mut(), dialect, "s", expected, &[event("e", "s", n)]).await;
+            if r.is_ok() {
+                tx.commit().await.unwrap();
+            }
+            r
+        }
+    };
+    append(ExpectedVersion::NoStream, 1).await.unwrap();
+    assert!(matches!(append(ExpectedVersion::NoStream, 2).await, Err(store::Error::Conflict { .. })));
+    assert!(matches!(append(ExpectedVersion::Exact(0), 2).await, Err(store::Error::Conflict { .. })));
+    assert!(matches!(append(ExpectedVersion::Exact(5), 2).await, Err(store::Error::Conflict { .. })));
+    append(ExpectedVersion::Exact(1), 2).await.unwrap();
+
+    // Concurrent writers expecting the same version: exactly one wins.
+    let racers: Vec<_> = (0..8).map(|i| tokio::spawn(append(ExpectedVersion::Exact(2), 10 + i))).collect();
+    let mut wins = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(store::Error::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(event_store::read_stream(db.as_ref(), "s", 0).await.unwrap().len(), 3);
+}
+
+pub async fn event_store_positions_follow_commit_order(factory: &dyn DatabaseFactory) {
+    // A reader that has seen position p never later finds a new event below p.
+    let db = fresh(factory).await;
+    let dialect = db.dialect();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let mut tx = db.begin().await.unwrap();
+                    let stream = format!("w{w}-{i}");
+                    event_store::append(tx.as_mut(), dialect, &stream, ExpectedVersion::Any, &[event("e", &stream, i)])
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = 0i64;
+    let mut count = 0;
+    while count < 100 {
+        for r in event_store::read_all(db.as_ref(), seen, 1000).await.unwrap() {
+            assert!(r.position > seen);
+            seen = r.position;
+            count += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        event_store::read_all(db.as_ref(), seen, 1000).await.unwrap().len(),
+        0,
+        "no event appeared behind the reader"
+    );
+}
+
+pub async fn snapshots_keep_the_newest(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    assert_eq!(event_store::load_snapshot(db.as_ref(), "s").await.unwrap(), None);
+    let mut tx = db.begin().await.unwrap();
+    event_store::save_snapshot(tx.as_mut(), "s", 5, b"five").await.unwrap();
+    event_store::save_snapshot(tx.as_mut(), "s", 3, b"three").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(event_store::load_snapshot(db.as_ref(), "s").await.unwrap(), Some((5, b"five".to_vec())));
+    let mut tx = db.begin().await.unwrap();
+    event_store::save_snapshot(tx.as_mut(), "s", 9, b"nine").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(event_store::load_snapshot(db.as_ref(), "s").await.unwrap(), Some((9, b"nine".to_vec())));
+}
+
+pub async fn outbox_publishes_only_committed_events_in_order(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let keyring = Keyring::generate("k1");
+    let outbox = Outbox::new(keyring.clone());
+    let publisher = RecordingPublisher::default();
+
+    let mut tx = db.begin().await.unwrap();
+    let events: Vec<Event> = (0..5).map(|i| event("e", "k", i)).collect();
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    outbox.enqueue(tx.as_mut(), "orders", events).await.unwrap();
+    outbox.enqueue(tx.as_mut(), "payments", vec![event("p", "k", 9)]).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let mut rolled_back = db.begin().await.unwrap();
+    outbox.enqueue(rolled_back.as_mut(), "orders", vec![event("never", "k", 0)]).await.unwrap();
+    drop(rolled_back);
+    assert_eq!(outbox::backlog(db.as_ref()).await.unwrap(), 6);
+
+    let relay = outbox.relay(db.clone(), Arc::new(publisher.clone()));
+    // A broker outage: nothing is lost, rows stay.
+    publisher.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(relay.round("me").await.is_err());
+    assert_eq!(outbox::backlog(db.as_ref()).await.unwrap(), 6);
+    publisher.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(relay.round("me").await.unwrap(), 6);
+    assert_eq!(relay.round("me").await.unwrap(), 0);
+    assert_eq!(outbox::backlog(db.as_ref()).await.unwrap(), 0);
+
+    let published = publisher.published.lock().unwrap().clone();
+    let orders: Vec<Event> =
+        published.iter().filter(|(t, _)| t == "orders").map(|(_, m)| Event::from_message(m).unwrap()).collect();
+    assert_eq!(orders.iter().map(|e| e.id).collect::<Vec<_>>(), ids, "in order, none from the rolled-back transaction");
+    assert!(orders.iter().all(|e| keyring.verify(e).is_ok()), "outbox events are signed");
+    assert_eq!(published.iter().filter(|(t, _)| t == "payments").count(), 1);
+}
+
+pub async fn outbox_rejects_invalid_topics(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let outbox = Outbox::new(Keyring::generate("k"));
+    let mut tx = db.begin().await.unwrap();
+    assert!(outbox.enqueue(tx.as_mut(), "bad topic!", vec![event("e", "k", 1)]).await.is_err());
+}
+
+pub async fn inbox_deduplicates_within_transactions(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let id = uuid::Uuid::now_v7();
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::record(tx.as_mut(), "payments", id).await.unwrap());
+    drop(tx); // rolled back: not recorded
+    assert!(!inbox::contains(db.as_ref(), "payments", id).await.unwrap());
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::record(tx.as_mut(), "payments", id).await.unwrap());
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(!inbox::record(tx.as_mut(), "payments", id).await.unwrap(), "a duplicate");
+    assert!(inbox::record(tx.as_mut(), "inventory", id).await.unwrap(), "other consumers are independent");
+    tx.commit().await.unwrap();
+    assert!(inbox::contains(db.as_ref(), "inventory", id).await.unwrap());
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(inbox::prune(tx.as_mut(), store::now_millis() + 1000).await.unwrap(), 2);
+    tx.commit().await.unwrap();
+}
+
+/// A read model counting events per stream, for the checkpoint and projection cases.
+struct Counts;
+
+#[async_trait]
+impl Projection for Counts {
+    fn name(&self) -> &str {
+        "counts"
+    }
+    async fn reset(&self, tx: &mut dyn Transaction) -> store::Result<()> {
+        tx.execute("DELETE FROM test_counts", &[]).await?;
+        Ok(())
+    }
+    async fn apply(&self, tx: &mut dyn Transaction, e: &Recorded) -> store::Result<()> {
+        tx.execute(
+            "INSERT INTO test_counts (stream, n) VALUES ($1, 1)
+             ON CONFLICT (stream) DO UPDATE SET n = test_counts.n + 1",
+            &[e.stream.as_str().into()],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn counts(db: &Db) -> Vec<(String, i64)> {
+    db.query("SELECT stream, n FROM test_counts ORDER BY stream", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.text(0).unwrap().to_owned(), r.i64(1).unwrap()))
+        .collect()
+}
+
+pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("CREATE TABLE test_counts (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)", &[]).await.unwrap();
+    for (stream, n) in [("a", 3), ("b", 2)] {
+        let events: Vec<Event> = (0..n).map(|i| event("e", stream, i)).collect();
+        event_store::append(tx.as_mut(), db.dialect(), stream, ExpectedVersion::Any, &events).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    assert_eq!(checkpoints::load(db.as_ref(), "counts").await.unwrap(), 0);
+    assert_eq!(projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap(), 5);
+    assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
+    assert_eq!(projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap(), 0, "nothing applied twice");
+    let checkpoint = checkpoints::load(db.as_ref(), "counts").await.unwrap();
+    assert!(checkpoint > 0);
+
+    // A checkpoint saved in a rolled-back transaction does not move.
+    let mut tx = db.begin().await.unwrap();
+    checkpoints::save(tx.as_mut(), "counts", checkpoint + 100).await.unwrap();
+    drop(tx);
+    assert_eq!(checkpoints::load(db.as_ref(), "counts").await.unwrap(), checkpoint);
+
+    // Corrupt the read model, then rebuild it from position 0.
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("UPDATE test_counts SET n = 99", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(projection::rebuild(db.as_ref(), &Counts, 100).await.unwrap(), 5);
+    assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
+}
+
+pub async fn sagas_use_optimistic_concurrency(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(sagas::load(tx.as_mut(), "fulfilment", "o-1").await.unwrap(), None);
+    assert_eq!(sagas::save(tx.as_mut(), "fulfilment", "o-1", b"started", 0, false).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let saga = sagas::load(tx.as_mut(), "fulfilment", "o-1").await.unwrap().unwrap();
+    assert_eq!((saga.state.as_slice(), saga.version, saga.done), (&b"started"[..], 1, false));
+    assert!(matches!(
+        sagas::save(tx.as_mut(), "fulfilment", "o-1", b"x", 0, false).await,
+        Err(store::Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        sagas::save(tx.as_mut(), "fulfilment", "o-1", b"x", 7, false).await,
+        Err(store::Error::Conflict { .. })
+    ));
+    assert_eq!(sagas::save(tx.as_mut(), "fulfilment", "o-1", b"paid", 1, true).await.unwrap(), 2);
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let saga = sagas::load(tx.as_mut(), "fulfilment", "o-1").await.unwrap().unwrap();
+    assert_eq!((saga.state.as_slice(), saga.version, saga.done), (&b"paid"[..], 2, true));
+}
+
+pub async fn timers_fire_once_through_the_outbox(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let outbox = Outbox::new(Keyring::generate("k"));
+    let now = store::now_millis();
+    let (due, later, cancelled) = (event("due", "o-1", 1), event("later", "o-2", 2), event("cancelled", "o-3", 3));
+    let mut tx = db.begin().await.unwrap();
+    sagas::schedule(tx.as_mut(), "t-due", now - 10, "saga", &event("replaced", "o-1", 0)).await.unwrap();
+    sagas::schedule(tx.as_mut(), "t-due", now - 10, "saga", &due).await.unwrap();
+    sagas::schedule(tx.as_mut(), "t-later", now + 60_000, "saga", &later).await.unwrap();
+    sagas::schedule(tx.as_mut(), "t-cancelled", now - 10, "saga", &cancelled).await.unwrap();
+    assert!(sagas::cancel(tx.as_mut(), "t-cancelled").await.unwrap());
+    assert!(!sagas::cancel(tx.as_mut(), "t-cancelled").await.unwrap());
+    tx.commit().await.unwrap();
+
+    let scheduler = sagas::Scheduler::new(db.clone(), outbox.clone());
+    assert_eq!(scheduler.fire_due().await.unwrap(), 1);
+    assert_eq!(scheduler.fire_due().await.unwrap(), 0, "a timer fires once");
+    let publisher = RecordingPublisher::default();
+    outbox.relay(db.clone(), Arc::new(publisher.clone())).round("me").await.unwrap();
+    let published = publisher.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].0, "saga");
+    assert_eq!(Event::from_message(&published[0].1).unwrap().id, due.id);
+}
+
+pub async fn leases_are_exclusive_until_they_expire(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let short = Duration::from_millis(300);
+    assert!(lease::acquire(db.as_ref(), "relay", "a", short).await.unwrap());
+    assert!(lease::acquire(db.as_ref(), "relay", "a", short).await.unwrap(), "renewal");
+    assert!(!lease::acquire(db.as_ref(), "relay", "b", short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(lease::acquire(db.as_ref(), "relay", "b", short).await.unwrap(), "taken over after expiry");
+    lease::release(db.as_ref(), "relay", "b").await.unwrap();
+    assert!(lease::acquire(db.as_ref(), "relay", "a", short).await.unwrap(), "free after release");
+}
+
+pub async fn transactions_are_atomic(factory: &dyn DatabaseFactory) {
+    // The property the router relies on: inbox record, state change and outbox row commit together.
+    let db = fresh(factory).await;
+    let outbox = Outbox::new(Keyring::generate("k"));
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("CREATE TABLE test_state (k TEXT PRIMARY KEY, v BIGINT NOT NULL)", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    let mut tx = db.begin().await.unwrap();
+    inbox::record(tx.as_mut(), "c", id).await.unwrap();
+    tx.execute("INSERT INTO test_state (k, v) VALUES ($1, $2)", &["x".into(), 1i64.into()]).await.unwrap();
+    outbox.enqueue(tx.as_mut(), "t", vec![event("e", "x", 1)]).await.unwrap();
+    // A failing statement does not poison the transaction's other work when rolled back whole.
+    drop(tx);
+    assert!(!inbox::contains(db.as_ref(), "c", id).await.unwrap());
+    assert!(db.query("SELECT v FROM test_state", &[]).await.unwrap().is_empty());
+    assert_eq!(outbox::backlog(db.as_ref()).await.unwrap(), 0);
+}
+
+/// Expands to one `#[tokio::test]` per case, for the factory expression given.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($factory:expr) => {
+        $crate::store_conformance_tests!(@cases $factory;
+            event_store_appends_and_reads, event_store_detects_conflicts,
+            event_store_positions_follow_commit_order, snapshots_keep_the_newest,
+            outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
+            inbox_deduplicates_within_transactions, projections_checkpoint_and_rebuild,
+            sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
+            leases_are_exclusive_until_they_expire, transactions_are_atomic);
+    };
+    (@cases $factory:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::stores::$case(&factory).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,142 @@
+//! The event store: streams of events with optimistic concurrency, a global order, snapshots.
+//!
+//! **Invariant:** positions become visible in increasing order. A projection that has read up
+//! to position `p` will never later find a committed event below `p`. SQLite has one writer, so
+//! this holds by itself; on PostgreSQL, appends take a transaction-scoped advisory lock, which
+//! makes commit order equal position order (identity columns alone do not: a transaction that
+//! took position 5 may commit after one that took 6).
+
+use crate::{
+    db::{Database, Dialect, Transaction, Value},
+    event::Event,
+    store::{Error, Result},
+};
+
+/// What the writer believes the stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event has this version (versions start at 1).
+    Exact(i64),
+}
+
+/// An event as stored: its global position and its version within its stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub position: i64,
+    pub stream: String,
+    pub version: i64,
+    pub event: Event,
+}
+
+/// Appends `events` to `stream` inside `tx`; returns the stream's new version.
+/// Fails with [`Error::Conflict`] when the stream is not at `expected`.
+pub async fn append(
+    tx: &mut dyn Transaction,
+    dialect: Dialect,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[Event],
+) -> Result<i64> {
+    if dialect == Dialect::Postgres {
+        tx.query("SELECT pg_advisory_xact_lock(7365726980)", &[]).await?;
+    }
+    let current = tx
+        .query("SELECT COALESCE(MAX(version), 0) FROM weir_events WHERE stream = $1", &[stream.into()])
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+    let ok = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == 0,
+        ExpectedVersion::Exact(v) => current == v,
+    };
+    if !ok {
+        return Err(conflict(stream, expected, current));
+    }
+    let rows: Vec<Vec<Value>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            vec![
+                stream.into(),
+                (current + 1 + i as i64).into(),
+                e.id.to_string().into(),
+                e.kind.as_str().into(),
+                Value::Blob(e.to_json()),
+            ]
+        })
+        .collect();
+    tx.execute_many("INSERT INTO weir_events (stream, version, id, kind, envelope) VALUES ($1, $2, $3, $4, $5)", &rows)
+        .await
+        .map_err(|e| match e {
+            // A concurrent writer got in between our read and our insert.
+            crate::db::Error::UniqueViolation(_) => conflict(stream, expected, current),
+            other => other.into(),
+        })?;
+    Ok(current + events.len() as i64)
+}
+
+fn conflict(stream: &str, expected: ExpectedVersion, actual: i64) -> Error {
+    Error::Conflict { what: format!("stream {stream}"), expected: format!("{expected:?}"), actual }
+}
+
+fn decode(rows: Vec<crate::db::Row>) -> Result<Vec<Recorded>> {
+    rows.iter()
+        .map(|r| {
+            Ok(Recorded {
+                position: r.i64(0)?,
+                stream: r.text(1)?.to_owned(),
+                version: r.i64(2)?,
+                event: Event::from_json(r.blob(3)?)?,
+            })
+        })
+        .collect()
+}
+
+/// The events of `stream` with version > `after_version`, in order.
+pub async fn read_stream(db: &dyn Database, stream: &str, after_version: i64) -> Result<Vec<Recorded>> {
+    decode(
+        db.query(
+            "SELECT position, stream, version, envelope FROM weir_events
+             WHERE stream = $1 AND version > $2 ORDER BY version",
+            &[stream.into(), after_version.into()],
+        )
+        .await?,
+    )
+}
+
+/// Up to `limit` events with position > `after`, in global order.
+pub async fn read_all(db: &dyn Database, after: i64, limit: i64) -> Result<Vec<Recorded>> {
+    decode(
+        db.query(
+            "SELECT position, stream, version, envelope FROM weir_events
+             WHERE position > $1 ORDER BY position LIMIT $2",
+            &[after.into(), limit.into()],
+        )
+        .await?,
+    )
+}
+
+/// Saves a snapshot of `stream` as of `version`, replacing an older one.
+pub async fn save_snapshot(tx: &mut dyn Transaction, stream: &str, version: i64, state: &[u8]) -> Result<()> {
+    tx.execute(
+        "INSERT INTO weir_snapshots (stream, version, state) VALUES ($1, $2, $3)
+         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, state = excluded.state
+         WHERE weir_snapshots.version < excluded.version",
+        &[stream.into(), version.into(), state.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The latest snapshot of `stream`: its version and state.
+pub async fn load_snapshot(db: &dyn Database, stream: &str) -> Result<Option<(i64, Vec<u8>)>> {
+    let rows = db.query("SELECT version, state FROM weir_snapshots WHERE stream = $1", &[stream.into()]).await?;
+    rows.first().map(|r| Ok((r.i64(0)?, r.blob(1)?.to_vec()))).transpose()
+}

@@ -1,0 +1,172 @@
+//! The transactional outbox and its relay.
+//!
+//! A handler never publishes to the broker: it [`enqueue`](Outbox::enqueue)s its output events
+//! in the transaction that changes its state, so either both commit or neither does. The
+//! [`Relay`] then publishes committed rows in order and deletes them once the broker has
+//! acknowledged them. A crash between publish and delete publishes a row again on restart —
+//! at-least-once, made exactly-once in effect by the consumers' inbox.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    bus::{Message, Publisher},
+    db::{Db, Transaction, Value},
+    event::Event,
+    signing::Keyring,
+    store::{Result, lease},
+};
+
+/// Writes events to the outbox, signed with the service's keyring.
+#[derive(Clone)]
+pub struct Outbox {
+    keyring: Keyring,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(keyring: Keyring) -> Self {
+        Self { keyring, wake: Arc::new(Notify::new()) }
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Signs `events` and writes them, in order, for `topic`, inside `tx`.
+    pub async fn enqueue(&self, tx: &mut dyn Transaction, topic: &str, events: Vec<Event>) -> Result<()> {
+        crate::bus::validate_name(topic)?;
+        let rows: Vec<Vec<Value>> = events
+            .into_iter()
+            .map(|mut e| {
+                self.keyring.sign(&mut e);
+                vec![topic.into(), Value::Blob(e.to_json())]
+            })
+            .collect();
+        tx.execute_many("INSERT INTO weir_outbox (topic, envelope) VALUES ($1, $2)", &rows).await?;
+        Ok(())
+    }
+
+    /// Commits `tx` and wakes the relay.
+    pub async fn commit(&self, tx: Box<dyn Transaction>) -> Result<()> {
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tells the relay there is work (for writers that commit themselves).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The relay that publishes this outbox's rows from `db` to `publisher`.
+    pub fn relay(&self, db: Db, publisher: Arc<dyn Publisher>) -> Relay {
+        Relay { db, publisher, wake: self.wake.clone(), options: RelayOptions::default() }
+    }
+}
+
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Rows read and published per round.
+    pub batch: i64,
+    /// How often to look for rows when nobody wakes the relay (writers in other processes).
+    pub poll: Duration,
+    /// How long the relay's lease lasts; another relay takes over after it expires.
+    pub lease: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self { batch: 2000, poll: Duration::from_millis(500), lease: Duration::from_secs(10) }
+    }
+}
+
+/// Publishes committed outbox rows; at most one relay per database is active at a time.
+pub struct Relay {
+    db: Db,
+    publisher: Arc<dyn Publisher>,
+    wake: Arc<Notify>,
+    options: RelayOptions,
+}
+
+impl Relay {
+    pub fn with_options(mut self, options: RelayOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled; finishes the round in progress first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let owner = uuid::Uuid::now_v7().to_string();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.round(&owner).await {
+                Ok(n) if n as i64 >= self.options.batch => failures = 0,
+                Ok(_) => {
+                    failures = 0;
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.options.poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let backoff = Duration::from_millis(50 * 2u64.pow(failures.min(7)));
+                    warn!(error = %e, ?backoff, "outbox relay round failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        let _ = lease::release(self.db.as_ref(), "weir-outbox-relay", &owner).await;
+    }
+
+    /// Publishes one batch; returns how many rows it published.
+    pub async fn round(&self, owner: &str) -> Result<usize> {
+        if !lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await? {
+            tokio::time::sleep(self.options.lease / 3).await;
+            return Ok(0);
+        }
+        let rows = self
+            .db
+            .query("SELECT seq, topic, envelope FROM weir_outbox ORDER BY seq LIMIT $1", &[self.options.batch.into()])
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Group by topic, keeping each topic's order (order only matters within a topic's keys).
+        let mut batches: Vec<(String, Vec<Message>)> = Vec::new();
+        let mut done: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let topic = row.text(1)?;
+            let message = Event::from_json(row.blob(2)?)?.to_message();
+            match batches.iter_mut().find(|(t, _)| t == topic) {
+                Some((_, messages)) => messages.push(message),
+                None => batches.push((topic.to_owned(), vec![message])),
+            }
+            done.push(vec![row.i64(0)?.into()]);
+        }
+        for (topic, messages) in batches {
+            self.publisher.publish(&topic, messages).await?;
+        }
+        // Delete exactly the rows published: on PostgreSQL a lower seq may commit later.
+        let mut tx = self.db.begin().await?;
+        tx.execute_many("DELETE FROM weir_outbox WHERE seq = $1", &done).await?;
+        tx.commit().await?;
+        metrics::counter!("weir_outbox_published_total").increment(rows.len() as u64);
+        debug!(published = rows.len(), "outbox relay round");
+        Ok(rows.len())
+    }
+}
+
+/// Rows waiting in the outbox (the relay's backlog).
+pub async fn backlog(db: &dyn crate::db::Database) -> Result<i64> {
+    Ok(db.query("SELECT COUNT(*) FROM weir_outbox", &[]).await?.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0))
+}

@@ -1,0 +1,58 @@
+//! Projections: read models fed from the event store's global order. Each batch of events is
+//! applied and the checkpoint moved in one transaction, so a crash never applies an event twice
+//! nor skips one; [`rebuild`] replays from position 0 after clearing the read model.
+
+use async_trait::async_trait;
+
+use crate::{
+    db::{Database, Transaction},
+    store::{
+        Result, checkpoints,
+        event_store::{self, Recorded},
+    },
+};
+
+/// A read model built from events.
+#[async_trait]
+pub trait Projection: Send + Sync {
+    /// The checkpoint's name; unique per database.
+    fn name(&self) -> &str;
+    /// Deletes the read model's rows (before a rebuild).
+    async fn reset(&self, tx: &mut dyn Transaction) -> Result<()>;
+    /// Applies one event inside the batch's transaction.
+    async fn apply(&self, tx: &mut dyn Transaction, event: &Recorded) -> Result<()>;
+}
+
+/// Applies every event past the projection's checkpoint, `batch` at a time; returns how many.
+pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<usize> {
+    let mut applied = 0;
+    loop {
+        let position = checkpoints::load(db, projection.name()).await?;
+        let events = event_store::read_all(db, position, batch).await?;
+        let Some(last) = events.last().map(|e| e.position) else { return Ok(applied) };
+        let mut tx = db.begin().await?;
+        // Re-check under the transaction: another runner may have moved the checkpoint.
+        let rows = tx
+            .query("SELECT position FROM weir_checkpoints WHERE projection = $1", &[projection.name().into()])
+            .await?;
+        let current = rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
+        if current != position {
+            continue;
+        }
+        for event in &events {
+            projection.apply(tx.as_mut(), event).await?;
+        }
+        checkpoints::save(tx.as_mut(), projection.name(), last).await?;
+        tx.commit().await?;
+        applied += events.len();
+    }
+}
+
+/// Clears the read model, resets its checkpoint to 0 and replays every event.
+pub async fn rebuild(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    projection.reset(tx.as_mut()).await?;
+    checkpoints::save(tx.as_mut(), projection.name(), 0).await?;
+    tx.commit().await?;
+    catch_up(db, projection, batch).await
+}

@@ -1,0 +1,152 @@
+//! Saga instances and durable timers.
+//!
+//! A saga instance is a state blob with a version: [`save`] fails with a conflict when someone
+//! else saved first, so two deliveries racing on one instance cannot both win. A timer is a
+//! message scheduled for later: when it is due, the [`Scheduler`] moves it into the outbox in
+//! one transaction, so it fires once and survives crashes. Cancelling it (the step answered in
+//! time) deletes it in the handler's transaction.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::{
+    db::{Db, Transaction, Value},
+    event::Event,
+    store::{Error, Result, lease, now_millis, outbox::Outbox},
+};
+
+/// A saga instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub state: Vec<u8>,
+    pub version: i64,
+    pub done: bool,
+}
+
+/// Loads an instance inside `tx` (so the decision and its effects share one snapshot).
+pub async fn load(tx: &mut dyn Transaction, saga_type: &str, id: &str) -> Result<Option<Instance>> {
+    let rows = tx
+        .query(
+            "SELECT state, version, done FROM weir_sagas WHERE saga_type = $1 AND id = $2",
+            &[saga_type.into(), id.into()],
+        )
+        .await?;
+    rows.first()
+        .map(|r| Ok(Instance { state: r.blob(0)?.to_vec(), version: r.i64(1)?, done: r.i64(2)? != 0 }))
+        .transpose()
+}
+
+/// Saves an instance whose stored version is `expected` (0 for a new one); returns the new version.
+pub async fn save(
+    tx: &mut dyn Transaction,
+    saga_type: &str,
+    id: &str,
+    state: &[u8],
+    expected: i64,
+    done: bool,
+) -> Result<i64> {
+    let params: [Value; 6] =
+        [saga_type.into(), id.into(), state.into(), (expected + 1).into(), done.into(), now_millis().into()];
+    let changed = if expected == 0 {
+        tx.execute(
+            "INSERT INTO weir_sagas (saga_type, id, state, version, done, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (saga_type, id) DO NOTHING",
+            &params,
+        )
+        .await?
+    } else {
+        tx.execute(
+            "UPDATE weir_sagas SET state = $3, version = $4, done = $5, updated_at = $6
+             WHERE saga_type = $1 AND id = $2 AND version = $4 - 1",
+            &params,
+        )
+        .await?
+    };
+    if changed != 1 {
+        return Err(Error::Conflict {
+            what: format!("saga {saga_type}/{id}"),
+            expected: expected.to_string(),
+            actual: -1,
+        });
+    }
+    Ok(expected + 1)
+}
+
+/// Schedules `event` to be published to `topic` at `due_at` (ms since the epoch). A timer with
+/// the same `key` is replaced.
+pub async fn schedule(tx: &mut dyn Transaction, key: &str, due_at: i64, topic: &str, event: &Event) -> Result<()> {
+    crate::bus::validate_name(topic)?;
+    tx.execute(
+        "INSERT INTO weir_timers (key, due_at, topic, envelope) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (key) DO UPDATE SET due_at = excluded.due_at, topic = excluded.topic, envelope = excluded.envelope",
+        &[key.into(), due_at.into(), topic.into(), Value::Blob(event.to_json())],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Cancels the timer `key`; `true` if it was still pending.
+pub async fn cancel(tx: &mut dyn Transaction, key: &str) -> Result<bool> {
+    Ok(tx.execute("DELETE FROM weir_timers WHERE key = $1", &[key.into()]).await? == 1)
+}
+
+/// Fires due timers into the outbox.
+pub struct Scheduler {
+    db: Db,
+    outbox: Outbox,
+    /// Longest sleep between looks (timers scheduled by other processes are seen this late).
+    pub poll: Duration,
+}
+
+impl Scheduler {
+    pub fn new(db: Db, outbox: Outbox) -> Self {
+        Self { db, outbox, poll: Duration::from_millis(200) }
+    }
+
+    /// Fires every timer due now; returns how many fired.
+    pub async fn fire_due(&self) -> Result<usize> {
+        let due = self
+            .db
+            .query(
+                "SELECT id, topic, envelope FROM weir_timers WHERE due_at <= $1 ORDER BY due_at LIMIT 500",
+                &[now_millis().into()],
+            )
+            .await?;
+        let mut fired = 0;
+        for row in &due {
+            let mut tx = self.db.begin().await?;
+            // Deleting first makes firing exactly-once even if two schedulers overlap.
+            if tx.execute("DELETE FROM weir_timers WHERE id = $1", &[row.i64(0)?.into()]).await? == 1 {
+                let event = Event::from_json(row.blob(2)?)?;
+                self.outbox.enqueue(tx.as_mut(), row.text(1)?, vec![event]).await?;
+                self.outbox.commit(tx).await?;
+                fired += 1;
+            }
+        }
+        Ok(fired)
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let owner = uuid::Uuid::now_v7().to_string();
+        while !shutdown.is_cancelled() {
+            let leader =
+                lease::acquire(self.db.as_ref(), "weir-timer-scheduler", &owner, Duration::from_secs(10)).await;
+            match leader {
+                Ok(true) => {
+                    if let Err(e) = self.fire_due().await {
+                        warn!(error = %e, "timer scheduler round failed");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "timer scheduler could not take its lease"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        let _ = lease::release(self.db.as_ref(), "weir-timer-scheduler", &owner).await;
+    }
+}
