@@ -1,0 +1,487 @@
+//! [`SqliteLog`]: the embedded bus transport, a durable log in one SQLite file.
+//!
+//! # Layout
+//! ```sql
+//! topics   (id, name UNIQUE, partitions)                 -- partitions fixed at creation
+//! messages (id AUTOINCREMENT, topic_id, partition, key, headers, payload, published_at)
+//!          INDEX (topic_id, partition, id)
+//! cursors  (grp, topic_id, partition, position)          -- last id a group settled, contiguously
+//! leases   (grp, topic_id, partition, owner, expires_at) -- which member serves a partition
+//! members  (grp, topic_id, owner, expires_at)            -- live members, for fair shares
+//! retries  (grp, topic_id, partition, msg_id, key, attempts, visible_at)
+//! ```
+//!
+//! # Threads
+//! - One **writer thread** owns the only write connection. Publishes, cursor commits, lease
+//!   heartbeats and retry changes are sent to it over a channel; it applies everything it can
+//!   drain in one transaction, commits once (one fsync for the batch, `synchronous=FULL`), then
+//!   answers. A publish returns only after that commit.
+//! - One **consumer thread** per subscription, with its own read-only connection. It fetches
+//!   hundreds of rows per query from the partitions it leases, enforces per-key order, hands
+//!   deliveries to the async side through a channel, collects acks and nacks over another, and
+//!   every few milliseconds sends the writer the contiguous settled prefix of each partition.
+//!   It sleeps until a publish wakes it, an ack arrives, or a timer (retry due, lease
+//!   heartbeat, fallback poll for publishers in other processes) fires.
+//!
+//! # Order and redelivery
+//! Within a partition, different keys flow concurrently and each key has at most one delivery
+//! outstanding. A nacked message moves to `retries` and takes the later messages of its key
+//! with it (parked, in order); the head of each key's queue is delivered when visible. Other
+//! keys keep flowing, and the cursor moves past parked messages. A delivery dropped without
+//! being settled counts as `nack(0)`. Deliveries of a dropped subscription are simply not
+//! committed: its leases are released and the next owner resumes from the committed position.
+
+mod consumer;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+use weir_core::bus::{
+    self, Capabilities, Delivery, DeliveryStream, Headers, Message, Publisher, Subscriber, Subscription, validate_name,
+};
+
+use self::{
+    consumer::Consumer,
+    writer::{LogWriter, MemberKey, WriteOp},
+};
+
+/// Tuning of a [`SqliteLog`]. The defaults suit a service on one machine.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Partitions of a topic created by this log; an existing topic keeps its own count.
+    pub partitions: u32,
+    /// How long a member's partition leases live without renewal; a crashed member's
+    /// partitions are taken over after this.
+    pub lease_ttl: Duration,
+    /// How often settled positions and retries are committed (in batches).
+    pub commit_interval: Duration,
+    /// Fallback poll for messages published by other processes (in-process publishes wake
+    /// consumers at once).
+    pub poll_interval: Duration,
+    /// Rows fetched per query.
+    pub fetch_batch: usize,
+    /// Deliveries a subscription may have outstanding (and rows it buffers per partition).
+    pub max_in_flight: usize,
+    /// The largest payload plus key and headers accepted by `publish`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            partitions: 8,
+            lease_ttl: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(5),
+            poll_interval: Duration::from_millis(500),
+            fetch_batch: 512,
+            max_in_flight: 4096,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    headers BLOB,
+    payload BLOB NOT NULL,
+    published_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_partition ON messages (topic_id, partition, id);
+CREATE TABLE IF NOT EXISTS cursors (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cursors_by_partition ON cursors (topic_id, partition, position);
+CREATE TABLE IF NOT EXISTS leases (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, owner)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retries (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    msg_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS retries_by_message ON retries (msg_id);
+";
+
+/// A durable, partitioned log in one SQLite file; implements [`Publisher`] and [`Subscriber`].
+///
+/// Cheap to clone (clones share one writer thread). Several processes may open the same file:
+/// they share consumer groups through leases, and see each other's publishes within
+/// [`LogOptions::poll_interval`]. Dropping the last clone closes it like [`close`](Self::close),
+/// without waiting.
+#[derive(Clone)]
+pub struct SqliteLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    path: PathBuf,
+    options: LogOptions,
+    writer: mpsc::Sender<WriteOp>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        self.registry.close_all();
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn transport(e: rusqlite::Error) -> bus::Error {
+    bus::Error::transport(e)
+}
+
+fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let conn = if read_only {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        Connection::open_with_flags(path, flags)?
+    } else {
+        Connection::open(path)?
+    };
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log file at `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>, options: LogOptions) -> bus::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_connection(&path, false).map_err(transport)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;").map_err(transport)?;
+        conn.execute_batch(SCHEMA).map_err(transport)?;
+        let registry = Arc::new(Registry::default());
+        let (writer, ops) = mpsc::channel();
+        let log_writer = LogWriter::new(conn, registry.clone(), options.partitions.max(1));
+        std::thread::Builder::new()
+            .name("weir-log-writer".into())
+            .spawn(move || log_writer.run(ops))
+            .map_err(bus::Error::transport)?;
+        Ok(Self { inner: Arc::new(LogInner { path, options, writer, registry }) })
+    }
+
+    /// The file this log lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Deletes messages published more than `older_than` ago that every consumer group of
+    /// their topic has settled (and none holds for redelivery). Returns how many were deleted.
+    /// Topics without any group keep their messages, for the first group to come.
+    pub async fn prune(&self, older_than: Duration) -> bus::Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Prune { older_than, reply })?;
+        answer.await.map_err(|_| bus::Error::Closed)?
+    }
+
+    /// Stops every subscription of this log: each commits what was settled, releases its
+    /// leases, and its `next()` returns `None`. Publishing afterwards fails with
+    /// [`bus::Error::Closed`]. Waits (up to a few seconds) for the subscriptions to finish.
+    pub async fn close(&self) {
+        self.inner.registry.close_all();
+        for _ in 0..1000 {
+            if self.inner.registry.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!("sqlite log subscriptions did not stop in time");
+    }
+
+    fn send(&self, op: WriteOp) -> bus::Result<()> {
+        if self.inner.registry.closed.load(Ordering::Acquire) {
+            return Err(bus::Error::Closed);
+        }
+        self.inner.writer.send(op).map_err(|_| bus::Error::Closed)
+    }
+}
+
+const CAPABILITIES: Capabilities =
+    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+
+#[async_trait]
+impl Publisher for SqliteLog {
+    /// Appends the batch in one transaction, group-committed with concurrent publishes; returns
+    /// once it is fsynced. Dropping the future leaves the batch wholly published or not at all.
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> bus::Result<()> {
+        validate_name(topic)?;
+        let limit = self.inner.options.max_message_bytes;
+        for m in &messages {
+            let size = m.payload.len() + m.key.len() + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if size > limit {
+                return Err(bus::Error::TooLarge { size, limit });
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Publish { topic: topic.to_owned(), messages, reply })?;
+        answer.await.map_err(|_| bus::Error::Closed)?
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+#[async_trait]
+impl Subscriber for SqliteLog {
+    /// Joins `group` as a new member: it leases its share of the topic's partitions (others of
+    /// the group, in this process or another, give up extras) and resumes each from the group's
+    /// committed position. Deliveries of one key come one at a time, in order.
+    async fn subscribe(&self, topic: &str, group: &str) -> bus::Result<Subscription> {
+        validate_name(topic)?;
+        validate_name(group)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Topic { name: topic.to_owned(), reply })?;
+        let info = answer.await.map_err(|_| bus::Error::Closed)??;
+        let reader = open_connection(&self.inner.path, true).map_err(transport)?;
+        let member = MemberKey {
+            group: group.into(),
+            topic_id: info.id,
+            owner: uuid::Uuid::now_v7().to_string().into(),
+        };
+        let (events_tx, events) = mpsc::channel();
+        let (out, deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let member_id = self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), wake_pending.clone())?;
+        let consumer = Consumer::new(consumer::Setup {
+            topic: topic.to_owned(),
+            info,
+            member,
+            options: self.inner.options.clone(),
+            reader,
+            writer: self.inner.writer.clone(),
+            events_tx: events_tx.clone(),
+            events,
+            out,
+            registry: self.inner.registry.clone(),
+            member_id,
+            wake_pending,
+        });
+        let spawned = std::thread::Builder::new().name("weir-log-consumer".into()).spawn(move || consumer.run());
+        if let Err(e) = spawned {
+            self.inner.registry.remove(member_id);
+            return Err(bus::Error::transport(e));
+        }
+        Ok(Subscription::new(LogStream { deliveries, events: events_tx, registry: self.inner.registry.clone() }))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+/// The async side of one subscription.
+struct LogStream {
+    deliveries: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+    events: mpsc::Sender<Event>,
+    registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl DeliveryStream for LogStream {
+    /// Cancel-safe: a delivery is taken from the channel only when it is returned.
+    async fn next(&mut self) -> Option<Delivery> {
+        if self.registry.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.deliveries.recv().await
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        // The consumer commits what was settled and releases its leases; unsettled deliveries
+        // (including those still buffered here) are redelivered from the committed position.
+        let _ = self.events.send(Event::Close);
+    }
+}
+
+/// What a consumer thread reacts to.
+pub(crate) enum Event {
+    Settle { partition: u32, epoch: u64, target: consumer::Target, outcome: Outcome },
+    /// New messages were committed to the topic.
+    Wake,
+    /// The group's membership changed: rebalance now rather than at the next heartbeat.
+    Rebalance,
+    /// The writer found these partitions leased by someone else.
+    Lost(Vec<u32>),
+    Close,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Ack,
+    Nack(Duration),
+}
+
+/// The consumers of this process, so that publishes wake them and joins rebalance them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    members: StdMutex<Vec<RegisteredMember>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+struct RegisteredMember {
+    id: u64,
+    topic_id: i64,
+    group: Arc<str>,
+    events: mpsc::Sender<Event>,
+    /// Set while a `Wake` is queued, so a burst of publishes queues one.
+    wake_pending: Arc<AtomicBool>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RegisteredMember>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(
+        &self,
+        topic_id: i64,
+        group: Arc<str>,
+        events: mpsc::Sender<Event>,
+        wake_pending: Arc<AtomicBool>,
+    ) -> bus::Result<u64> {
+        let mut members = self.lock();
+        // Checked under the lock so that `close_all` cannot miss a member.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(bus::Error::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        members.push(RegisteredMember { id, topic_id, group, events, wake_pending });
+        Ok(id)
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.lock().retain(|m| m.id != id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    pub(crate) fn wake_topic(&self, topic_id: i64) {
+        for m in self.lock().iter().filter(|m| m.topic_id == topic_id) {
+            if !m.wake_pending.swap(true, Ordering::AcqRel) {
+                let _ = m.events.send(Event::Wake);
+            }
+        }
+    }
+
+    pub(crate) fn rebalance_group(&self, topic_id: i64, group: &str, except: u64) {
+        for m in self.lock().iter().filter(|m| m.topic_id == topic_id && &*m.group == group && m.id != except) {
+            let _ = m.events.send(Event::Rebalance);
+        }
+    }
+
+    fn close_all(&self) {
+        let members = self.lock();
+        self.closed.store(true, Ordering::Release);
+        for m in members.iter() {
+            let _ = m.events.send(Event::Close);
+        }
+    }
+}
+
+/// Encodes headers as `count, (name length, name, value length, value)*` with u32 lengths.
+pub(crate) fn encode_headers(headers: &Headers, buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (name, value) in headers {
+        for part in [name, value] {
+            buffer.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(part.as_bytes());
+        }
+    }
+}
+
+/// Decodes [`encode_headers`]' format; `None` if the bytes are not in it.
+pub(crate) fn decode_headers(mut bytes: &[u8]) -> Option<Headers> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Some(head)
+    }
+    fn length(bytes: &mut &[u8]) -> Option<usize> {
+        let raw: [u8; 4] = take(bytes, 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(raw) as usize)
+    }
+    let count = length(&mut bytes)?;
+    let mut headers = Headers::new();
+    for _ in 0..count {
+        let n = length(&mut bytes)?;
+        let name = std::str::from_utf8(take(&mut bytes, n)?).ok()?.to_owned();
+        let n = length(&mut bytes)?;
+        let value = std::str::from_utf8(take(&mut bytes, n)?).ok()?.to_owned();
+        headers.insert(name, value);
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_garbage_is_rejected() {
+        let mut headers = Headers::new();
+        headers.insert("ce-id".into(), "0190-ü".into());
+        headers.insert("empty".into(), String::new());
+        let mut buffer = Vec::new();
+        encode_headers(&headers, &mut buffer);
+        assert_eq!(decode_headers(&buffer), Some(headers));
+        assert_eq!(decode_headers(&buffer[..buffer.len() - 1]), None);
+        assert_eq!(decode_headers(&[255, 255, 255, 255]), None);
+    }
+}
