@@ -60,7 +60,7 @@ struct Waiting {
 
 struct RetryEntry {
     id: i64,
-    /// Deliveries made so far.
+    /// Deliveries made so far, the outstanding one included.
     attempts: u32,
     /// Wall-clock milliseconds; 0 for messages parked behind an earlier one of their key.
     visible_at: i64,
@@ -310,7 +310,9 @@ impl Consumer {
 
     fn heartbeat(&mut self) {
         self.rebalance = false;
-        self.next_heartbeat = Instant::now() + self.options.lease_ttl / 3;
+        // At least every second, so that members of other processes notice joins and leaves
+        // quickly; a heartbeat is one small write in a group commit.
+        self.next_heartbeat = Instant::now() + (self.options.lease_ttl / 3).min(Duration::from_secs(1));
         let owned: Vec<u32> = self.parts.iter().flatten().map(|p| p.partition).collect();
         let (reply, answer) = mpsc::channel();
         let op = WriteOp::Heartbeat {
@@ -433,7 +435,6 @@ impl Consumer {
             }
             Outcome::Nack(delay) => {
                 head.in_flight = false;
-                head.attempts += 1;
                 head.visible_at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
                 part.retry_ops.push(RetryOp::Upsert {
                     id,
@@ -486,8 +487,18 @@ impl Consumer {
         };
         match message {
             Ok(Some(message)) => {
+                // Counted when made, not when settled: a delivery lost with its subscription
+                // still raises the attempt of the next one.
                 head.in_flight = true;
-                let (id, attempt) = (head.id, head.attempts + 1);
+                head.attempts += 1;
+                let (id, attempt) = (head.id, head.attempts);
+                part.retry_ops.push(RetryOp::Upsert {
+                    id,
+                    key: key.to_owned(),
+                    attempts: attempt,
+                    visible_at: head.visible_at,
+                });
+                self.dirty = true;
                 self.deliver(part, Target::Retry { id, key: key.to_owned() }, message, attempt);
             }
             Ok(None) => {
