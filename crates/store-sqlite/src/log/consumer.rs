@@ -617,8 +617,12 @@ impl Consumer {
             }
         }
         if !parts.is_empty() {
-            let op =
-                WriteOp::Commit { member: self.member.clone(), ttl_ms: self.ttl_ms, parts, events: self.events_tx.clone() };
+            let op = WriteOp::Commit {
+                member: self.member.clone(),
+                ttl_ms: self.ttl_ms,
+                parts,
+                events: self.events_tx.clone(),
+            };
             let _ = self.writer.send(op);
         }
     }
@@ -654,7 +658,8 @@ impl LogAcker {
         if self.settled.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let event = Event::Settle { partition: self.partition, epoch: self.epoch, target: self.target.clone(), outcome };
+        let event =
+            Event::Settle { partition: self.partition, epoch: self.epoch, target: self.target.clone(), outcome };
         self.events.send(event).map_err(|_| bus::Error::Closed)
     }
 }

@@ -281,15 +281,13 @@ impl Subscriber for SqliteLog {
         self.send(WriteOp::Topic { name: topic.to_owned(), reply })?;
         let info = answer.await.map_err(|_| bus::Error::Closed)??;
         let reader = open_connection(&self.inner.path, true).map_err(transport)?;
-        let member = MemberKey {
-            group: group.into(),
-            topic_id: info.id,
-            owner: uuid::Uuid::now_v7().to_string().into(),
-        };
+        let member =
+            MemberKey { group: group.into(), topic_id: info.id, owner: uuid::Uuid::now_v7().to_string().into() };
         let (events_tx, events) = mpsc::channel();
         let (out, deliveries) = tokio::sync::mpsc::unbounded_channel();
         let wake_pending = Arc::new(AtomicBool::new(false));
-        let member_id = self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), wake_pending.clone())?;
+        let member_id =
+            self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), wake_pending.clone())?;
         let consumer = Consumer::new(consumer::Setup {
             topic: topic.to_owned(),
             info,
@@ -345,7 +343,12 @@ impl Drop for LogStream {
 
 /// What a consumer thread reacts to.
 pub(crate) enum Event {
-    Settle { partition: u32, epoch: u64, target: consumer::Target, outcome: Outcome },
+    Settle {
+        partition: u32,
+        epoch: u64,
+        target: consumer::Target,
+        outcome: Outcome,
+    },
     /// New messages were committed to the topic.
     Wake,
     /// The group's membership changed: rebalance now rather than at the next heartbeat.

@@ -73,9 +73,21 @@ pub(crate) struct MemberKey {
 }
 
 pub(crate) enum WriteOp {
-    Publish { topic: String, messages: Vec<Message>, reply: oneshot::Sender<bus::Result<()>> },
-    Topic { name: String, reply: oneshot::Sender<bus::Result<TopicInfo>> },
-    Commit { member: MemberKey, ttl_ms: i64, parts: Vec<PartCommit>, events: mpsc::Sender<Event> },
+    Publish {
+        topic: String,
+        messages: Vec<Message>,
+        reply: oneshot::Sender<bus::Result<()>>,
+    },
+    Topic {
+        name: String,
+        reply: oneshot::Sender<bus::Result<TopicInfo>>,
+    },
+    Commit {
+        member: MemberKey,
+        ttl_ms: i64,
+        parts: Vec<PartCommit>,
+        events: mpsc::Sender<Event>,
+    },
     Heartbeat {
         member: MemberKey,
         partitions: u32,
@@ -83,8 +95,14 @@ pub(crate) enum WriteOp {
         ttl_ms: i64,
         reply: mpsc::Sender<rusqlite::Result<HeartbeatOutcome>>,
     },
-    Leave { member: MemberKey, reply: mpsc::Sender<()> },
-    Prune { older_than: Duration, reply: oneshot::Sender<bus::Result<u64>> },
+    Leave {
+        member: MemberKey,
+        reply: mpsc::Sender<()>,
+    },
+    Prune {
+        older_than: Duration,
+        reply: oneshot::Sender<bus::Result<u64>>,
+    },
 }
 
 /// An applied operation waiting for the batch's `COMMIT` before it is answered.
@@ -305,14 +323,7 @@ impl LogWriter {
                 encode_headers(&m.headers, &mut self.headers_buffer);
                 Some(&self.headers_buffer[..])
             };
-            stmt.execute(params![
-                info.id,
-                partition_of(&m.key, info.partitions),
-                m.key,
-                headers,
-                &m.payload[..],
-                now
-            ])?;
+            stmt.execute(params![info.id, partition_of(&m.key, info.partitions), m.key, headers, &m.payload[..], now])?;
         }
         Ok(info.id)
     }
@@ -435,7 +446,9 @@ impl LogWriter {
         while mine.len() > target {
             let Some(p) = mine.pop() else { break };
             self.conn
-                .prepare_cached("DELETE FROM leases WHERE grp = ?1 AND topic_id = ?2 AND partition = ?3 AND owner = ?4")?
+                .prepare_cached(
+                    "DELETE FROM leases WHERE grp = ?1 AND topic_id = ?2 AND partition = ?3 AND owner = ?4",
+                )?
                 .execute(params![group, topic_id, p, owner])?;
             outcome.released.push(p);
         }
@@ -484,8 +497,12 @@ impl LogWriter {
 
     fn leave(&mut self, member: &MemberKey) -> rusqlite::Result<()> {
         let args = params![&*member.group, member.topic_id, &*member.owner];
-        self.conn.prepare_cached("DELETE FROM leases WHERE grp = ?1 AND topic_id = ?2 AND owner = ?3")?.execute(args)?;
-        self.conn.prepare_cached("DELETE FROM members WHERE grp = ?1 AND topic_id = ?2 AND owner = ?3")?.execute(args)?;
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE grp = ?1 AND topic_id = ?2 AND owner = ?3")?
+            .execute(args)?;
+        self.conn
+            .prepare_cached("DELETE FROM members WHERE grp = ?1 AND topic_id = ?2 AND owner = ?3")?
+            .execute(args)?;
         Ok(())
     }
 
