@@ -10,7 +10,7 @@
 //! - A **topic** is one stream, created on first use (file storage, limits retention), named
 //!   `<prefix>_<topic with '.' as '_'>_<hash>` because stream names cannot contain '.'. Its
 //!   subjects are `<prefix>.<topic>.<partition>`, partition =
-//!   [`partition_of`](weir_core::bus::partition_of)`(key, partitions)`. The key travels in the
+//!   [`weir_core::bus::partition_of`]`(key, partitions)`. The key travels in the
 //!   `weir-key` header; message headers travel as NATS headers. Header values and the key are
 //!   percent-encoded where they hold bytes outside printable ASCII (CR, LF and edge blanks would
 //!   not survive NATS headers); names starting with `Nats-` and `weir-key` are refused, as they
@@ -89,6 +89,12 @@
 //! - Progress signals keep held messages from counting as redeliveries; should one be
 //!   redelivered anyway (the process stalled), its `attempt` is higher than the number of times a
 //!   member saw it.
+//! - When this process dies (or drops its last member of the group), what its gate held comes
+//!   back through ack-wait expiry. To keep a key's order then, the gate refreshes the ack timers
+//!   of a key's held messages whenever the key's head is (re)delivered, and sends its periodic
+//!   progress signals in stream order: the head always expires first. One case escapes: a head
+//!   nacked with a delay longer than the ack wait, when the process dies during that delay —
+//!   its held successors expire before the delay ends and arrive first.
 //! - If an expected redelivery does not arrive within its delay plus twice the ack wait (the ack
 //!   reached the server though the client saw an error, or the consumer was re-created), the gate
 //!   releases the key rather than stall it forever, and logs a warning.
@@ -108,9 +114,9 @@ use std::{
 use async_nats::{
     HeaderMap, HeaderName, HeaderValue,
     jetstream::{
-        self,
+        self, ErrorCode,
         consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-        context::PublishErrorKind,
+        context::{DeleteStreamErrorKind, PublishErrorKind},
         message::PublishMessage,
         stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
     },
@@ -263,8 +269,10 @@ impl NatsBus {
         self.shared.streams_lock().remove(topic);
         match self.shared.js.delete_stream(self.stream_name(topic)).await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("not found") => Ok(()),
-            Err(e) => Err(Error::transport(e)),
+            Err(e) if matches!(e.kind(), DeleteStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+                Ok(())
+            }
+            Err(e) => Err(self.shared.error(e)),
         }
     }
 
