@@ -303,7 +303,7 @@ impl Consumer {
 
     fn drop_part(&mut self, partition: u32) {
         if let Some(part) = self.parts.get_mut(partition as usize).and_then(Option::take) {
-            self.in_flight -= part.in_flight;
+            self.in_flight = self.in_flight.saturating_sub(part.in_flight);
             tracing::debug!(topic = %self.topic, group = %self.member.group, partition, "partition lease ended");
         }
     }
@@ -383,8 +383,8 @@ impl Consumer {
         }
         slot.settled = true;
         let (id, key) = (slot.id, slot.key.clone());
-        part.in_flight -= 1;
-        self.in_flight -= 1;
+        part.in_flight = part.in_flight.saturating_sub(1);
+        self.in_flight = self.in_flight.saturating_sub(1);
         self.dirty = true;
         match outcome {
             Outcome::Ack => {
@@ -421,8 +421,8 @@ impl Consumer {
         if head.id != id || !head.in_flight {
             return;
         }
-        part.in_flight -= 1;
-        self.in_flight -= 1;
+        part.in_flight = part.in_flight.saturating_sub(1);
+        self.in_flight = self.in_flight.saturating_sub(1);
         self.dirty = true;
         self.retry_scan = true;
         match outcome {
