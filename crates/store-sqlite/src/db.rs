@@ -195,6 +195,25 @@ fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>) {
     }
 }
 
+/// Deferred foreign-key violations outstanding in the open physical transaction. Batch-mates
+/// that committed earlier found none, so any counted now belong to the caller's savepoint.
+fn deferred_foreign_key_violations(conn: &Connection) -> i32 {
+    let (mut current, mut highest) = (0, 0);
+    // SAFETY: the handle belongs to `conn`, which is borrowed (so alive and not used elsewhere)
+    // for the duration of the call; `sqlite3_db_status` only reads a counter into the two
+    // integers it is given.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+            &mut current,
+            &mut highest,
+            0,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK { current } else { 0 }
+}
+
 fn run_execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(sql)?;
     if stmt.column_count() == 0 {
@@ -311,6 +330,12 @@ impl Transaction for SqliteTransaction {
     /// error that failed the batch. Dropping the returned future leaves the outcome unknown:
     /// the writes still commit with their batch.
     async fn commit(mut self: Box<Self>) -> Result<()> {
+        // A deferred foreign-key violation would fail the physical COMMIT of the whole batch;
+        // catch it here so that only this transaction fails (dropping it rolls it back).
+        let violations = self.run(|conn| Ok(deferred_foreign_key_violations(conn)))?;
+        if violations > 0 {
+            return Err(Error::Other(format!("FOREIGN KEY constraint failed ({violations} deferred violations)")));
+        }
         self.run(|conn| conn.execute_batch("RELEASE weir_tx"))?;
         let (tx, rx) = oneshot::channel();
         let Some(mut writer) = self.guard.take() else {

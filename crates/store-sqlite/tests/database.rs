@@ -191,3 +191,41 @@ fn rusqlite_free_lock(path: std::path::PathBuf) -> std::thread::JoinHandle<()> {
     ready_rx.recv().expect("locker ready");
     handle
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_foreign_key_violation_fails_only_its_own_transaction() {
+    let (_dir, db) = fresh().await;
+    let mut tx = db.begin().await.expect("begin");
+    tx.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)", &[]).await.expect("parent");
+    tx.execute(
+        "CREATE TABLE child (id INTEGER PRIMARY KEY,
+            parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        &[],
+    )
+    .await
+    .expect("child");
+    tx.execute("INSERT INTO parent (id) VALUES (1)", &[]).await.expect("a parent");
+    tx.commit().await.expect("commit");
+    let db = Arc::new(db);
+    let tasks: Vec<_> = (0..40i64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let parent = if i % 4 == 0 { 999 } else { 1 };
+                let mut tx = db.begin().await?;
+                tx.execute("INSERT INTO child (id, parent_id) VALUES ($1, $2)", &[i.into(), parent.into()]).await?;
+                tx.commit().await
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let outcome = t.await.expect("task");
+        if i % 4 == 0 {
+            assert!(matches!(&outcome, Err(Error::Other(m)) if m.contains("FOREIGN KEY")), "{outcome:?}");
+        } else {
+            outcome.expect("a valid child commits despite invalid batch-mates");
+        }
+    }
+    let children = db.query("SELECT count(*) FROM child", &[]).await.expect("count");
+    assert_eq!(children[0].i64(0).expect("int"), 30);
+}
