@@ -469,3 +469,33 @@ async fn throughput_smoke() {
     let secs = started.elapsed().as_secs_f64();
     println!("{N} messages published, consumed and acked in {secs:.2}s: {:.0}/s", N as f64 / secs);
 }
+
+/// Two handles on one file stand for two processes: publishes of one reach the other through
+/// the fallback poll, and members in both share the group's partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fast_poll = LogOptions { poll_interval: Duration::from_millis(100), ..options() };
+    let a = SqliteLog::open(dir.path().join("log.sqlite"), fast_poll.clone()).expect("open a");
+    let b = SqliteLog::open(dir.path().join("log.sqlite"), fast_poll).expect("open b");
+    let mut sub_a = a.subscribe("t", "g").await.expect("subscribe a");
+    let mut sub_b = b.subscribe("t", "g").await.expect("subscribe b");
+    // Membership spreads through heartbeats (at most a second apart) across handles.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let published: Vec<Message> = (0..100).map(|i| msg(&format!("k{i}"), 0)).collect();
+    b.publish("t", published.clone()).await.expect("publish");
+    let expected = labels(&published);
+    let mut seen_a = HashSet::new();
+    let mut seen_b = HashSet::new();
+    let deadline = Instant::now() + PATIENCE;
+    while seen_a.union(&seen_b).count() < expected.len() && Instant::now() < deadline {
+        tokio::select! {
+            Some(d) = sub_a.next() => { seen_a.insert(label(&d)); d.ack().await.expect("ack"); }
+            Some(d) = sub_b.next() => { seen_b.insert(label(&d)); d.ack().await.expect("ack"); }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let all: HashSet<String> = seen_a.union(&seen_b).cloned().collect();
+    assert_eq!(all, expected);
+    assert!(!seen_a.is_empty() && !seen_b.is_empty(), "one member got everything: {} / {}", seen_a.len(), seen_b.len());
+}
