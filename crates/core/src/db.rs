@@ -219,6 +219,10 @@ impl fmt::Debug for Migration {
 /// an advisory lock, SQLite with its single writer.
 pub async fn migrate(db: &dyn Database, owner: &str, migrations: &[Migration]) -> Result<()> {
     let mut tx = db.begin().await?;
+    // Lock before the first DDL: concurrent `CREATE TABLE IF NOT EXISTS` races on PostgreSQL.
+    if db.dialect() == Dialect::Postgres {
+        tx.query("SELECT pg_advisory_xact_lock(7365726979)", &[]).await?;
+    }
     tx.execute(
         "CREATE TABLE IF NOT EXISTS weir_migrations (
             owner TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL,
@@ -226,9 +230,6 @@ pub async fn migrate(db: &dyn Database, owner: &str, migrations: &[Migration]) -
         &[],
     )
     .await?;
-    if db.dialect() == Dialect::Postgres {
-        tx.query("SELECT pg_advisory_xact_lock(7365726979)", &[]).await?;
-    }
     let applied: Vec<i64> = tx
         .query("SELECT version FROM weir_migrations WHERE owner = $1", &[owner.into()])
         .await?

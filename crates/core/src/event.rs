@@ -356,10 +356,10 @@ impl Attributes {
                 .filter(|v| *v > 0)
                 .ok_or_else(|| invalid("dataschema", format!("{schema:?} is not /schemas/{kind}/v<N>.json")))?,
         };
-        if let Some(ct) = self.datacontenttype {
-            if !ct.starts_with(CONTENT_TYPE) {
-                return Err(invalid("datacontenttype", format!("{ct:?}; only application/json is supported")));
-            }
+        if let Some(ct) = self.datacontenttype
+            && !ct.starts_with(CONTENT_TYPE)
+        {
+            return Err(invalid("datacontenttype", format!("{ct:?}; only application/json is supported")));
         }
         let correlation_id = match self.correlationid {
             Some(c) => parse_uuid("correlationid", &c)?,
@@ -372,10 +372,10 @@ impl Attributes {
             (Some(_), None) => return Err(DecodeError::Missing("signaturekeyid")),
             (None, Some(_)) => return Err(DecodeError::Missing("signature")),
         };
-        if let Some(tp) = &self.traceparent {
-            if !is_traceparent(tp) {
-                return Err(invalid("traceparent", format!("{tp:?} is not a W3C traceparent")));
-            }
+        if let Some(tp) = &self.traceparent
+            && !is_traceparent(tp)
+        {
+            return Err(invalid("traceparent", format!("{tp:?} is not a W3C traceparent")));
         }
         Ok(Event {
             id,
@@ -446,7 +446,8 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_naming_the_attribute() {
         let good: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("missing required attribute `id`", Box::new(|v| drop(v.as_object_mut().unwrap().remove("id")))),
             ("attribute `id`", Box::new(|v| v["id"] = json!("nope"))),
             ("attribute `specversion`", Box::new(|v| v["specversion"] = json!("0.3"))),

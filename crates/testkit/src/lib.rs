@@ -3,4 +3,5 @@
 //! per adapter in this crate's `tests/`. Not for production code.
 
 pub mod bus;
+pub mod router;
 pub mod stores;

@@ -1,0 +1,385 @@
+//! The router suite: the middleware stack's promises, checked end to end on a real database and
+//! a real transport. Instantiate it with [`router_tests!`] and a [`Backend`].
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use weir_core::{
+    Context, Db, Event, Handler, HandlerError, Kernel, Keyring, Outgoing, Router, RouterOptions,
+    bus::{Message, Publisher, Subscriber},
+    router::{RetryPolicy, dead_letter},
+    store::{self, outbox::Outbox},
+};
+
+/// A database and a transport to run the router on.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A fresh, empty database.
+    async fn database(&self) -> Db;
+    /// The transport (topics are unique per case, so it may be shared).
+    async fn transport(&self) -> (Arc<dyn Publisher>, Arc<dyn Subscriber>);
+}
+
+/// One case's world: a kernel, its router options, and unique topic names.
+pub struct World {
+    pub kernel: Kernel,
+    pub input: String,
+    pub output: String,
+    pub options: RouterOptions,
+}
+
+impl World {
+    pub async fn new(backend: &dyn Backend) -> Self {
+        let db = backend.database().await;
+        store::install(db.as_ref()).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.execute("CREATE TABLE effects (event_id TEXT NOT NULL, n BIGINT NOT NULL)", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        let (publisher, subscriber) = backend.transport().await;
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let options = RouterOptions {
+            concurrency: 8,
+            attempt_timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                immediate_attempts: 2,
+                immediate_delay: Duration::from_millis(1),
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(100),
+                max_deliveries: 3,
+            },
+            drain_timeout: Duration::from_secs(5),
+        };
+        Self {
+            kernel: Kernel { db, outbox: Outbox::new(Keyring::generate("test")), publisher, subscriber },
+            input: format!("in-{suffix}"),
+            output: format!("out-{suffix}"),
+            options,
+        }
+    }
+
+    pub fn event(&self, n: i64) -> Event {
+        let mut e = Event::new("testkit", "thing_happened", format!("key-{}", n % 4), &json!({ "n": n })).unwrap();
+        self.kernel.keyring().sign(&mut e);
+        e
+    }
+
+    pub async fn publish(&self, events: &[Event]) {
+        let messages = events.iter().map(Event::to_message).collect();
+        self.kernel.publisher.publish(&self.input, messages).await.unwrap();
+    }
+
+    /// Starts the router with `handler` on the input topic, and the outbox relay.
+    pub fn start(&self, handler: impl Handler) -> Running {
+        let shutdown = CancellationToken::new();
+        let router = Router::new(self.kernel.clone(), self.options.clone()).route(&self.input, "suite", handler);
+        let relay = self.kernel.outbox.relay(self.kernel.db.clone(), self.kernel.publisher.clone());
+        let router = tokio::spawn(router.run(shutdown.clone()));
+        let relay = tokio::spawn(relay.run(shutdown.clone()));
+        Running { shutdown, router, relay }
+    }
+
+    pub async fn effects(&self) -> Vec<(String, i64)> {
+        self.kernel
+            .db
+            .query("SELECT event_id, n FROM effects ORDER BY n", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.text(0).unwrap().to_owned(), r.i64(1).unwrap()))
+            .collect()
+    }
+
+    /// Waits until `n` effects are committed (or fails after a bound).
+    pub async fn wait_for_effects(&self, n: usize) -> Vec<(String, i64)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let effects = self.effects().await;
+            if effects.len() >= n || tokio::time::Instant::now() > deadline {
+                return effects;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Reads `n` messages from `topic` (as a fresh group), acking them.
+    pub async fn read(&self, topic: &str, n: usize) -> Vec<Message> {
+        let mut sub = self.kernel.subscriber.subscribe(topic, "suite-reader").await.unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} messages arrived on {topic}", out.len()))
+                .expect("subscription closed");
+            out.push(d.message.clone());
+            d.ack().await.unwrap();
+        }
+        out
+    }
+}
+
+pub struct Running {
+    shutdown: CancellationToken,
+    router: tokio::task::JoinHandle<weir_core::bus::Result<()>>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the router and relay and waits for both to drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), async {
+            self.router.await.unwrap().unwrap();
+            self.relay.await.unwrap();
+        })
+        .await
+        .expect("shutdown must finish within its deadline");
+    }
+}
+
+/// Records an effect per event and emits one output event; fails or panics on demand.
+pub struct Recorder {
+    pub output: String,
+    pub calls: Arc<AtomicU32>,
+    /// Fail (transiently) while `calls` ≤ this.
+    pub fail_first: u32,
+    pub panic_first: u32,
+    pub permanent: bool,
+    pub sleep: Duration,
+    pub running: Arc<AtomicUsize>,
+    pub max_running: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn new(output: &str) -> Self {
+        Self {
+            output: output.to_owned(),
+            calls: Arc::default(),
+            fail_first: 0,
+            panic_first: 0,
+            permanent: false,
+            sleep: Duration::ZERO,
+            running: Arc::default(),
+            max_running: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let n: i64 = event.data::<serde_json::Value>()?["n"].as_i64().unwrap_or(-1);
+        // The effect is written before any failure: a failed try must roll it back.
+        ctx.tx()
+            .execute("INSERT INTO effects (event_id, n) VALUES ($1, $2)", &[event.id.to_string().into(), n.into()])
+            .await?;
+        tokio::time::sleep(self.sleep).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if call <= self.panic_first {
+            panic!("handler exploded on call {call}");
+        }
+        if self.permanent {
+            return Err(HandlerError::permanent("this event can never be handled"));
+        }
+        if call <= self.fail_first {
+            return Err(HandlerError::transient(format!("dependency down (call {call})")));
+        }
+        let out = Event::new("testkit", "thing_recorded", &event.subject, &json!({ "n": n })).unwrap();
+        Ok(vec![Outgoing::new(&self.output, out)])
+    }
+}
+
+pub async fn handles_each_event_once_with_outputs(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let events: Vec<Event> = (0..20).map(|n| w.event(n)).collect();
+    w.publish(&events).await;
+    let running = w.start(Recorder::new(&w.output));
+    let effects = w.wait_for_effects(20).await;
+    assert_eq!(effects.len(), 20);
+    let outputs = w.read(&w.output, 20).await;
+    running.stop().await;
+    let outputs: Vec<Event> = outputs.iter().map(|m| Event::from_message(m).unwrap()).collect();
+    for e in &events {
+        let out = outputs.iter().find(|o| o.causation_id == Some(e.id)).expect("an output caused by each input");
+        assert_eq!(out.correlation_id, e.correlation_id);
+        assert!(w.kernel.keyring().verify(out).is_ok());
+    }
+}
+
+pub async fn duplicate_deliveries_have_no_second_effect(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let e = w.event(1);
+    w.publish(&[e.clone(), e.clone()]).await;
+    w.publish(std::slice::from_ref(&e)).await;
+    let recorder = Recorder::new(&w.output);
+    let calls = recorder.calls.clone();
+    let running = w.start(recorder);
+    w.wait_for_effects(1).await;
+    w.read(&w.output, 1).await;
+    // Give the duplicates time to arrive and be absorbed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.stop().await;
+    assert_eq!(w.effects().await.len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the inbox answers duplicates before the handler runs");
+}
+
+pub async fn transient_failures_are_retried_and_roll_back(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    // Two immediate tries fail, the redelivery's first try fails, its second succeeds.
+    let recorder = Recorder { fail_first: 3, ..Recorder::new(&w.output) };
+    let calls = recorder.calls.clone();
+    w.publish(&[w.event(7)]).await;
+    let running = w.start(recorder);
+    let effects = w.wait_for_effects(1).await;
+    w.read(&w.output, 1).await;
+    running.stop().await;
+    assert_eq!(effects.len(), 1, "failed tries left no effect behind");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+pub async fn permanent_failures_are_dead_lettered(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let recorder = Recorder { permanent: true, ..Recorder::new(&w.output) };
+    let calls = recorder.calls.clone();
+    let e = w.event(3);
+    w.publish(std::slice::from_ref(&e)).await;
+    let running = w.start(recorder);
+    let letters = w.read(&format!("{}.dlq", w.input), 1).await;
+    running.stop().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry for a permanent error");
+    let letter = &letters[0];
+    assert!(letter.headers[dead_letter::REASON].contains("can never be handled"));
+    assert_eq!(letter.headers[dead_letter::ORIGINAL_TOPIC], w.input);
+    assert_eq!(Event::from_message(letter).unwrap().id, e.id);
+    assert!(w.effects().await.is_empty());
+}
+
+pub async fn exhausted_retries_are_dead_lettered(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let recorder = Recorder { fail_first: u32::MAX, ..Recorder::new(&w.output) };
+    let calls = recorder.calls.clone();
+    w.publish(&[w.event(4)]).await;
+    let running = w.start(recorder);
+    let letters = w.read(&format!("{}.dlq", w.input), 1).await;
+    running.stop().await;
+    let letter = &letters[0];
+    assert!(letter.headers[dead_letter::REASON].starts_with("retries exhausted"));
+    assert_eq!(letter.headers[dead_letter::ATTEMPTS], "3");
+    // max_deliveries × immediate_attempts tries in all.
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert!(w.effects().await.is_empty());
+}
+
+pub async fn forged_and_garbled_messages_never_reach_the_handler(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let recorder = Recorder::new(&w.output);
+    let calls = recorder.calls.clone();
+    let mut forged = w.event(1);
+    Keyring::generate("test").sign(&mut forged); // same key id, another secret
+    let mut unsigned = w.event(2);
+    unsigned.signature = None;
+    let garbage = Message::new("key-1", &b"\xff not an event"[..]);
+    let mut messages: Vec<Message> = vec![forged.to_message(), unsigned.to_message(), garbage];
+    messages.push(w.event(3).to_message()); // one good one, handled normally
+    w.kernel.publisher.publish(&w.input, messages).await.unwrap();
+    let running = w.start(recorder);
+    let letters = w.read(&format!("{}.dlq", w.input), 3).await;
+    w.wait_for_effects(1).await;
+    running.stop().await;
+    let reasons: Vec<&str> = letters.iter().map(|l| l.headers[dead_letter::REASON].as_str()).collect();
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("bad signature")).count(), 2, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("undecodable")).count(), 1, "{reasons:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the good event reached the handler");
+}
+
+pub async fn a_panicking_handler_is_retried_and_the_router_lives_on(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let recorder = Recorder { panic_first: 1, ..Recorder::new(&w.output) };
+    w.publish(&[w.event(1)]).await;
+    let running = w.start(recorder);
+    w.wait_for_effects(1).await;
+    w.publish(&[w.event(2)]).await;
+    let effects = w.wait_for_effects(2).await;
+    running.stop().await;
+    assert_eq!(effects.len(), 2, "both handled; the panicked try left nothing behind");
+}
+
+pub async fn the_bulkhead_bounds_concurrency(backend: &dyn Backend) {
+    let mut w = World::new(backend).await;
+    w.options.concurrency = 2;
+    let recorder = Recorder { sleep: Duration::from_millis(30), ..Recorder::new(&w.output) };
+    let max_running = recorder.max_running.clone();
+    // Distinct keys, so the transport may hand them out concurrently.
+    let events: Vec<Event> = (0..12)
+        .map(|n| {
+            let mut e = Event::new("testkit", "thing_happened", format!("bulk-{n}"), &json!({ "n": n })).unwrap();
+            w.kernel.keyring().sign(&mut e);
+            e
+        })
+        .collect();
+    w.publish(&events).await;
+    let running = w.start(recorder);
+    w.wait_for_effects(12).await;
+    running.stop().await;
+    let max = max_running.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&max), "at most 2 at once, saw {max}");
+}
+
+pub async fn a_try_that_times_out_is_retried(backend: &dyn Backend) {
+    let mut w = World::new(backend).await;
+    w.options.attempt_timeout = Duration::from_millis(200);
+    let recorder = Recorder { sleep: Duration::from_millis(400), ..Recorder::new(&w.output) };
+    let calls = recorder.calls.clone();
+    w.publish(&[w.event(1)]).await;
+    let running = w.start(recorder);
+    let letters = w.read(&format!("{}.dlq", w.input), 1).await;
+    running.stop().await;
+    assert!(letters[0].headers[dead_letter::REASON].contains("timed out"));
+    assert!(calls.load(Ordering::SeqCst) >= 2, "retried after the timeout");
+    assert!(w.effects().await.is_empty(), "a timed-out try commits nothing");
+}
+
+pub async fn shutdown_drains_in_flight_work(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let recorder = Recorder { sleep: Duration::from_millis(300), ..Recorder::new(&w.output) };
+    let calls = recorder.calls.clone();
+    w.publish(&[w.event(1)]).await;
+    let running = w.start(recorder);
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await; // returns only after the in-flight message finished
+    assert_eq!(w.effects().await.len(), 1, "the in-flight message was committed before shutdown returned");
+}
+
+/// Expands to one `#[tokio::test]` per router case, for the backend expression given.
+#[macro_export]
+macro_rules! router_tests {
+    ($backend:expr) => {
+        $crate::router_tests!(@cases $backend;
+            handles_each_event_once_with_outputs, duplicate_deliveries_have_no_second_effect,
+            transient_failures_are_retried_and_roll_back, permanent_failures_are_dead_lettered,
+            exhausted_retries_are_dead_lettered, forged_and_garbled_messages_never_reach_the_handler,
+            a_panicking_handler_is_retried_and_the_router_lives_on, the_bulkhead_bounds_concurrency,
+            a_try_that_times_out_is_retried, shutdown_drains_in_flight_work);
+    };
+    (@cases $backend:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let backend = $backend;
+                $crate::router::$case(&backend).await;
+            }
+        )*
+    };
+}
