@@ -107,6 +107,15 @@ pub async fn event_store_appends_and_reads(factory: &dyn DatabaseFactory) {
     let tail = event_store::read_all(db.as_ref(), all[1].position, 100).await.unwrap();
     assert_eq!(tail.len(), 2);
     assert_eq!(event_store::read_all(db.as_ref(), 0, 1).await.unwrap().len(), 1);
+
+    // A batch larger than one INSERT chunk keeps versions contiguous and order intact.
+    let big: Vec<Event> = (0..450).map(|i| event("big", "big", i)).collect();
+    let mut tx = db.begin().await.unwrap();
+    assert_eq!(event_store::append(tx.as_mut(), dialect, "big", ExpectedVersion::NoStream, &big).await.unwrap(), 450);
+    tx.commit().await.unwrap();
+    let stored = event_store::read_stream(db.as_ref(), "big", 0).await.unwrap();
+    assert_eq!(stored.iter().map(|r| r.version).collect::<Vec<_>>(), (1..=450).collect::<Vec<_>>());
+    assert_eq!(stored.iter().map(|r| r.event.id).collect::<Vec<_>>(), big.iter().map(|e| e.id).collect::<Vec<_>>());
 }
 
 pub async fn event_store_detects_conflicts(factory: &dyn DatabaseFactory) {
