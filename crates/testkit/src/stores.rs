@@ -5,7 +5,7 @@
 //! To instantiate it for a new adapter, implement [`DatabaseFactory`] (each call returns a
 //! fresh, empty database) and invoke [`store_conformance_tests!`] in a test file:
 //!
-//! ```ignore
+//! ```text
 //! weir_testkit::store_conformance_tests!(MyFactory);
 //! ```
 
