@@ -131,7 +131,7 @@ impl Relay {
     /// Publishes one batch; returns how many rows it published.
     pub async fn round(&self, owner: &str) -> Result<usize> {
         if !lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await? {
-            tokio::time::sleep(self.options.lease / 3).await;
+            // Another relay is active; `run` waits a poll interval (or shutdown) and asks again.
             return Ok(0);
         }
         let rows = self
