@@ -69,6 +69,11 @@ struct Row {
     latency: Option<Histogram<u64>>,
 }
 
+/// Microseconds from 1 µs to 60 s, three significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
+}
+
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len).with_message(what.to_owned());
     bar.set_style(
@@ -113,7 +118,7 @@ async fn sqlite_log(args: &BusArgs, dir: &std::path::Path) -> anyhow::Result<Row
     let consumer = tokio::spawn({
         let bar = bar.clone();
         async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut latency = latency_histogram();
             let mut received = 0u64;
             while received < total {
                 let Some(d) = subscription.next().await else { break };
@@ -164,7 +169,7 @@ async fn appends(what: &str, db: Db, args: &BusArgs) -> anyhow::Result<Row> {
     for w in 0..args.writers {
         let (db, bar, data, batch) = (db.clone(), bar.clone(), data.clone(), args.append_batch.max(1));
         tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut latency = latency_histogram();
             let mut done = 0u64;
             let mut stream_no = 0;
             while done < per_writer {
@@ -184,7 +189,7 @@ async fn appends(what: &str, db: Db, args: &BusArgs) -> anyhow::Result<Row> {
             anyhow::Ok(latency)
         }));
     }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut latency = latency_histogram();
     for t in tasks {
         latency.add(t.await??)?;
     }

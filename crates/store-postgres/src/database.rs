@@ -37,9 +37,6 @@ impl Default for Options {
 /// back to back; bounding it keeps memory flat when a caller hands over a million rows.
 const PIPELINE_DEPTH: usize = 4096;
 
-/// The advisory lock `weir_core::db::migrate` holds; see [`PgTransaction::lock_for_ddl`].
-const DDL_LOCK: i64 = 7365726979;
-
 /// A PostgreSQL database owned by one service. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct PgDatabase {
@@ -110,7 +107,7 @@ impl Database for PgDatabase {
         // The transaction exists (as `Busy`) before `BEGIN` is sent, so that if this future is
         // dropped mid-way its `Drop` still rolls back and the connection never returns to the
         // pool inside a transaction.
-        let mut tx = PgTransaction { client: Some(client), state: State::Busy, ddl_locked: false };
+        let mut tx = PgTransaction { client: Some(client), state: State::Busy };
         tx.client()?.batch_execute("BEGIN").await.map_err(from_postgres)?;
         tx.state = State::Ready;
         Ok(Box::new(tx))
@@ -142,7 +139,6 @@ struct PgTransaction {
     /// Always `Some` until `Drop` hands the connection to the rollback task.
     client: Option<Object>,
     state: State,
-    ddl_locked: bool,
 }
 
 impl PgTransaction {
@@ -170,34 +166,6 @@ impl PgTransaction {
         self.state = if result.is_ok() { State::Ready } else { State::Failed };
         result
     }
-
-    /// Serialises DDL across connections.
-    ///
-    /// PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against itself: two sessions can
-    /// both see the table missing and one then fails with a unique violation on
-    /// `pg_type_typname_nsp_index`. `weir_core::db::migrate` creates `weir_migrations` before
-    /// it takes its advisory lock, so two services migrating one database at once would hit
-    /// exactly that. Taking the same lock before the first DDL statement of any transaction
-    /// closes the race; advisory locks are re-entrant, so `migrate`'s own lock still works.
-    async fn lock_for_ddl(&mut self, sql: &str) -> Result<()> {
-        if self.ddl_locked || !is_ddl(sql) {
-            return Ok(());
-        }
-        let lock = format!("SELECT pg_advisory_xact_lock({DDL_LOCK})");
-        self.client()?.batch_execute(&lock).await.map_err(from_postgres)?;
-        self.ddl_locked = true;
-        Ok(())
-    }
-}
-
-fn is_ddl(sql: &str) -> bool {
-    let mut rest = sql.trim_start();
-    // Skip leading `--` comments, which migrations often start with.
-    while let Some(comment) = rest.strip_prefix("--") {
-        rest = comment.split_once('\n').map_or("", |(_, after)| after).trim_start();
-    }
-    let first = rest.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    ["create", "alter", "drop"].iter().any(|keyword| first.eq_ignore_ascii_case(keyword))
 }
 
 #[async_trait]
@@ -205,7 +173,6 @@ impl Transaction for PgTransaction {
     async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         self.enter()?;
         let result = async {
-            self.lock_for_ddl(sql).await?;
             let client = self.client()?;
             let statement = client.prepare_cached(sql).await.map_err(from_postgres)?;
             client.execute_raw(&statement, params.iter().map(Param)).await.map_err(from_postgres)
@@ -217,7 +184,6 @@ impl Transaction for PgTransaction {
     async fn execute_many(&mut self, sql: &str, rows: &[Vec<Value>]) -> Result<u64> {
         self.enter()?;
         let result = async {
-            self.lock_for_ddl(sql).await?;
             let client = self.client()?;
             let statement = client.prepare_cached(sql).await.map_err(from_postgres)?;
             let mut changed = 0;
@@ -240,11 +206,7 @@ impl Transaction for PgTransaction {
 
     async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         self.enter()?;
-        let result = async {
-            self.lock_for_ddl(sql).await?;
-            query(self.client()?, sql, params).await
-        }
-        .await;
+        let result = async { query(self.client()?, sql, params).await }.await;
         self.leave(result)
     }
 
@@ -314,24 +276,4 @@ async fn query(client: &Object, sql: &str, params: &[Value]) -> Result<Vec<Row>>
         .await
         .map_err(from_postgres)?;
     rows.iter().map(decode_row).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_ddl;
-
-    #[test]
-    fn recognises_ddl() {
-        for (sql, ddl) in [
-            ("CREATE TABLE t (a INT)", true),
-            ("  alter table t add column b int", true),
-            ("-- why\n-- more\nDROP INDEX i", true),
-            ("INSERT INTO created VALUES (1)", false),
-            ("SELECT 1", false),
-            ("-- CREATE in a comment only", false),
-            ("", false),
-        ] {
-            assert_eq!(is_ddl(sql), ddl, "{sql:?}");
-        }
-    }
 }

@@ -84,7 +84,7 @@ pub trait TransportFactory: Send + Sync + 'static {
 #[macro_export]
 macro_rules! __bus_conformance_tests {
     ($factory:expr) => {
-        $crate::__bus_conformance_tests!(@cases $factory;
+        $crate::__suite_cases!(bus, $factory;
             capabilities_are_declared,
             publish_consume,
             order_per_key,
@@ -101,15 +101,6 @@ macro_rules! __bus_conformance_tests {
             invalid_names_are_errors,
             valid_names_work,
         );
-    };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                $crate::bus::$case(&factory).await;
-            }
-        )*
     };
 }
 

@@ -5,3 +5,19 @@
 pub mod bus;
 pub mod router;
 pub mod stores;
+
+/// Expands to one `#[tokio::test]` per case of `$suite`, each calling `$crate::$suite::case(&arg)`
+/// with a fresh value of `$arg`. The suites' own macros list their cases through it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_cases {
+    ($suite:ident, $arg:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let arg = $arg;
+                $crate::$suite::$case(&arg).await;
+            }
+        )*
+    };
+}

@@ -366,20 +366,11 @@ pub async fn shutdown_drains_in_flight_work(backend: &dyn Backend) {
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
-        $crate::router_tests!(@cases $backend;
+        $crate::__suite_cases!(router, $backend;
             handles_each_event_once_with_outputs, duplicate_deliveries_have_no_second_effect,
             transient_failures_are_retried_and_roll_back, permanent_failures_are_dead_lettered,
             exhausted_retries_are_dead_lettered, forged_and_garbled_messages_never_reach_the_handler,
             a_panicking_handler_is_retried_and_the_router_lives_on, the_bulkhead_bounds_concurrency,
             a_try_that_times_out_is_retried, shutdown_drains_in_flight_work);
-    };
-    (@cases $backend:expr; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let backend = $backend;
-                $crate::router::$case(&backend).await;
-            }
-        )*
     };
 }

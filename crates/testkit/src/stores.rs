@@ -414,21 +414,12 @@ pub async fn transactions_are_atomic(factory: &dyn DatabaseFactory) {
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($factory:expr) => {
-        $crate::store_conformance_tests!(@cases $factory;
+        $crate::__suite_cases!(stores, $factory;
             event_store_appends_and_reads, event_store_detects_conflicts,
             event_store_positions_follow_commit_order, snapshots_keep_the_newest,
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
             inbox_deduplicates_within_transactions, projections_checkpoint_and_rebuild,
             sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
             leases_are_exclusive_until_they_expire, transactions_are_atomic);
-    };
-    (@cases $factory:expr; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let factory = $factory;
-                $crate::stores::$case(&factory).await;
-            }
-        )*
     };
 }

@@ -55,7 +55,10 @@ use crate::{
     db::{Db, Dialect, Transaction},
     event::Event,
     signing::Keyring,
-    store::{self, inbox, outbox::Outbox},
+    store::{
+        self, inbox,
+        outbox::{Outbox, group_by_topic},
+    },
 };
 
 /// An event a handler emits, and the topic it goes to.
@@ -385,16 +388,11 @@ impl Shared {
             route.handler.handle(event, &mut ctx).await?
         };
         let any_output = !outputs.is_empty();
-        // Keep each topic's outputs in the handler's order.
-        let mut by_topic: Vec<(String, Vec<Event>)> = Vec::new();
-        for Outgoing { topic, event: out } in outputs {
+        let outputs = outputs.into_iter().map(|Outgoing { topic, event: out }| {
             let out = if out.causation_id.is_none() { out.caused_by(event) } else { out };
-            match by_topic.iter_mut().find(|(t, _)| *t == topic) {
-                Some((_, events)) => events.push(out),
-                None => by_topic.push((topic, vec![out])),
-            }
-        }
-        for (topic, events) in by_topic {
+            (topic, out)
+        });
+        for (topic, events) in group_by_topic(outputs) {
             self.kernel.outbox.enqueue(tx.as_mut(), &topic, events).await?;
         }
         tx.commit().await?;

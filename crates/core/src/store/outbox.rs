@@ -141,19 +141,13 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        // Group by topic, keeping each topic's order (order only matters within a topic's keys).
-        let mut batches: Vec<(String, Vec<Message>)> = Vec::new();
+        let mut published: Vec<(String, Message)> = Vec::with_capacity(rows.len());
         let mut done: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
         for row in &rows {
-            let topic = row.text(1)?;
-            let message = Event::from_json(row.blob(2)?)?.to_message();
-            match batches.iter_mut().find(|(t, _)| t == topic) {
-                Some((_, messages)) => messages.push(message),
-                None => batches.push((topic.to_owned(), vec![message])),
-            }
+            published.push((row.text(1)?.to_owned(), Event::from_json(row.blob(2)?)?.to_message()));
             done.push(vec![row.i64(0)?.into()]);
         }
-        for (topic, messages) in batches {
+        for (topic, messages) in group_by_topic(published) {
             self.publisher.publish(&topic, messages).await?;
         }
         // Delete exactly the rows published: on PostgreSQL a lower seq may commit later.
@@ -169,4 +163,17 @@ impl Relay {
 /// Rows waiting in the outbox (the relay's backlog).
 pub async fn backlog(db: &dyn crate::db::Database) -> Result<i64> {
     Ok(db.query("SELECT COUNT(*) FROM weir_outbox", &[]).await?.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0))
+}
+
+/// Groups `(topic, item)` pairs by topic, keeping the order of items within each topic (order
+/// only matters among one topic's keys) and the order in which topics first appear.
+pub(crate) fn group_by_topic<T>(items: impl IntoIterator<Item = (String, T)>) -> Vec<(String, Vec<T>)> {
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    for (topic, item) in items {
+        match groups.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, batch)) => batch.push(item),
+            None => groups.push((topic, vec![item])),
+        }
+    }
+    groups
 }

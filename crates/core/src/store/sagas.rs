@@ -114,17 +114,21 @@ impl Scheduler {
                 &[now_millis().into()],
             )
             .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // One transaction for the batch: each timer is deleted and its event enqueued together,
+        // and deleting first makes firing exactly-once even if two schedulers overlap.
+        let mut tx = self.db.begin().await?;
         let mut fired = 0;
         for row in &due {
-            let mut tx = self.db.begin().await?;
-            // Deleting first makes firing exactly-once even if two schedulers overlap.
             if tx.execute("DELETE FROM weir_timers WHERE id = $1", &[row.i64(0)?.into()]).await? == 1 {
                 let event = Event::from_json(row.blob(2)?)?;
                 self.outbox.enqueue(tx.as_mut(), row.text(1)?, vec![event]).await?;
-                self.outbox.commit(tx).await?;
                 fired += 1;
             }
         }
+        self.outbox.commit(tx).await?;
         Ok(fired)
     }
 
