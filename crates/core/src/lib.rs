@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod db;
 pub mod event;
+pub mod pii;
 pub mod router;
 pub mod signing;
 pub mod store;
@@ -15,5 +16,5 @@ pub mod store;
 pub use bus::{Delivery, Message, Publisher, Subscriber, Subscription};
 pub use db::{Database, Db, Transaction, Value};
 pub use event::{DecodeError, Event};
-pub use router::{Context, Handler, HandlerError, Kernel, Outgoing, Router, RouterOptions};
+pub use router::{Context, Handler, HandlerError, Kernel, Outgoing, Prepared, Router, RouterOptions};
 pub use signing::Keyring;

@@ -1,7 +1,9 @@
 //! Test support shared by every Weir crate: the conformance suites that every transport
 //! ([`bus`]) and every database adapter ([`stores`]) must pass, written once and instantiated
-//! per adapter in this crate's `tests/`. Not for production code.
+//! per adapter in this crate's `tests/`; and [`app`], the harness of the services' black-box
+//! tests. Not for production code.
 
+pub mod app;
 pub mod bus;
 pub mod router;
 pub mod stores;

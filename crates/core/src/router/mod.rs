@@ -20,7 +20,10 @@
 //! 6. **Timeout** — each try is bounded by [`RouterOptions::attempt_timeout`], commit included.
 //! 7. **Panic guard** — a panicking handler is a transient failure of that try, never a dead
 //!    consumer.
-//! 8. **Transaction** — begin; **inbox** dedup (a duplicate commits nothing and is acked);
+//! 8. **Prepare** — the handler's [`Handler::prepare`] step, outside any transaction: calls to
+//!    other systems (a payment provider, SMTP) happen here so they never hold a database lock.
+//!    It runs again on every try, so it must be idempotent (an idempotency key from the event).
+//! 9. **Transaction** — begin; **inbox** dedup (a duplicate commits nothing and is acked);
 //!    the handler; its output events into the **outbox**; commit. State change, inbox record and
 //!    outputs commit together or not at all.
 //!
@@ -41,7 +44,7 @@
 pub mod dead_letter;
 pub mod retry;
 
-use std::{fmt, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{any::Any, fmt, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -126,6 +129,9 @@ impl From<crate::event::DecodeError> for HandlerError {
     }
 }
 
+/// What [`Handler::prepare`] hands to [`Handler::handle`].
+pub type Prepared = Box<dyn Any + Send + Sync>;
+
 /// What a handler sees besides the event: the open transaction and where the event came from.
 pub struct Context<'a> {
     pub topic: &'a str,
@@ -134,6 +140,7 @@ pub struct Context<'a> {
     pub attempt: u32,
     pub dialect: Dialect,
     tx: &'a mut dyn Transaction,
+    prepared: Option<Prepared>,
 }
 
 impl Context<'_> {
@@ -142,12 +149,33 @@ impl Context<'_> {
     pub fn tx(&mut self) -> &mut dyn Transaction {
         self.tx
     }
+
+    /// Takes what [`Handler::prepare`] returned for this try, if it was a `T`.
+    pub fn take_prepared<T: Any>(&mut self) -> Option<T> {
+        let prepared = self.prepared.take()?;
+        match prepared.downcast::<T>() {
+            Ok(t) => Some(*t),
+            Err(other) => {
+                self.prepared = Some(other);
+                None
+            }
+        }
+    }
 }
 
 /// Handles one event. Must be idempotent only through its transaction: the router's inbox
 /// ensures one committed effect per event id per group.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// Work done before the transaction opens and outside it: calls to other systems, which
+    /// must not hold a database lock while they wait. It runs on every try, including after a
+    /// crash between it and the commit, so it must be idempotent: send an idempotency key
+    /// derived from the event, and read your own state first to skip work already recorded.
+    /// What it returns reaches [`handle`](Self::handle) through [`Context::take_prepared`].
+    async fn prepare(&self, _event: &Event) -> Result<Option<Prepared>, HandlerError> {
+        Ok(None)
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError>;
 }
 
@@ -163,6 +191,19 @@ pub struct Kernel {
 impl Kernel {
     pub fn keyring(&self) -> &Keyring {
         self.outbox.keyring()
+    }
+
+    /// Runs `router` and this kernel's outbox relay until `shutdown` fires. The relay stops only
+    /// after the router has drained, so the outputs of the last handled messages still leave.
+    pub async fn run(&self, router: Router, shutdown: CancellationToken) -> bus::Result<()> {
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(self.outbox.relay(self.db.clone(), self.publisher.clone()).run(relay_stop.clone()));
+        let routed = router.run(shutdown).await;
+        relay_stop.cancel();
+        if let Err(e) = relay.await {
+            error!(error = %e, "the outbox relay task failed");
+        }
+        routed
     }
 }
 
@@ -358,7 +399,7 @@ impl Shared {
         Outcome::Retry
     }
 
-    /// One try: 6. timeout, 7. panic guard, 8. transaction with inbox and outbox.
+    /// One try: 6. timeout, 7. panic guard, 8. prepare, 9. transaction with inbox and outbox.
     async fn attempt(&self, route: &Route, event: &Event, attempt: u32) -> Result<Outcome, HandlerError> {
         let work = AssertUnwindSafe(self.transaction(route, event, attempt)).catch_unwind();
         match tokio::time::timeout(self.options.attempt_timeout, work).await {
@@ -377,14 +418,21 @@ impl Shared {
     }
 
     async fn transaction(&self, route: &Route, event: &Event, attempt: u32) -> Result<Outcome, HandlerError> {
+        let prepared = route.handler.prepare(event).await?;
         let db = &self.kernel.db;
         let mut tx = db.begin().await?;
         if !inbox::record(tx.as_mut(), &route.group, event.id).await? {
             return Ok(Outcome::Duplicate); // Dropping `tx` rolls back: nothing to do.
         }
         let outputs = {
-            let mut ctx =
-                Context { topic: &route.topic, group: &route.group, attempt, dialect: db.dialect(), tx: tx.as_mut() };
+            let mut ctx = Context {
+                topic: &route.topic,
+                group: &route.group,
+                attempt,
+                dialect: db.dialect(),
+                tx: tx.as_mut(),
+                prepared,
+            };
             route.handler.handle(event, &mut ctx).await?
         };
         let any_output = !outputs.is_empty();

@@ -1,0 +1,1 @@
+//! The saga service (under construction).
