@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod db;
 pub mod event;
+pub mod fault;
 pub mod pii;
 pub mod router;
 pub mod signing;

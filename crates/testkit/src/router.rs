@@ -363,6 +363,48 @@ pub async fn shutdown_drains_in_flight_work(backend: &dyn Backend) {
 }
 
 /// Expands to one `#[tokio::test]` per router case, for the backend expression given.
+/// A handler whose `prepare` stands for a call to another system: it fails transiently on its
+/// first call, and must run with no transaction of this database open.
+struct Preparer {
+    db: Db,
+    prepares: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl Handler for Preparer {
+    async fn prepare(&self, event: &Event) -> Result<Option<weir_core::Prepared>, HandlerError> {
+        if self.prepares.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(HandlerError::transient("the other system is down"));
+        }
+        // Outside the transaction, a write of our own must not wait for (or deadlock on) it.
+        let mut tx = self.db.begin().await?;
+        tx.execute("INSERT INTO effects (event_id, n) VALUES ($1, $2)", &["prepared".into(), 0i64.into()]).await?;
+        tx.commit().await?;
+        Ok(Some(Box::new(format!("receipt for {}", event.id))))
+    }
+
+    async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
+        let receipt: String = ctx.take_prepared().ok_or_else(|| HandlerError::permanent("nothing prepared"))?;
+        assert!(ctx.take_prepared::<String>().is_none(), "taken once");
+        ctx.tx().execute("INSERT INTO effects (event_id, n) VALUES ($1, $2)", &[receipt.into(), 1i64.into()]).await?;
+        let _ = event;
+        Ok(vec![])
+    }
+}
+
+pub async fn prepare_runs_before_the_transaction_and_feeds_the_handler(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let prepares = Arc::new(AtomicU32::new(0));
+    let event = w.event(1);
+    w.publish(std::slice::from_ref(&event)).await;
+    let running = w.start(Preparer { db: w.kernel.db.clone(), prepares: prepares.clone() });
+    let effects = w.wait_for_effects(2).await;
+    running.stop().await;
+    assert_eq!(prepares.load(Ordering::SeqCst), 2, "a failed prepare is retried like a failed handler");
+    let receipt = format!("receipt for {}", event.id);
+    assert_eq!(effects, vec![("prepared".to_owned(), 0), (receipt, 1)]);
+}
+
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
@@ -371,6 +413,7 @@ macro_rules! router_tests {
             transient_failures_are_retried_and_roll_back, permanent_failures_are_dead_lettered,
             exhausted_retries_are_dead_lettered, forged_and_garbled_messages_never_reach_the_handler,
             a_panicking_handler_is_retried_and_the_router_lives_on, the_bulkhead_bounds_concurrency,
-            a_try_that_times_out_is_retried, shutdown_drains_in_flight_work);
+            a_try_that_times_out_is_retried, shutdown_drains_in_flight_work,
+            prepare_runs_before_the_transaction_and_feeds_the_handler);
     };
 }
