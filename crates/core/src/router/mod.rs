@@ -282,6 +282,11 @@ impl Router {
             let subscription = shared.kernel.subscriber.subscribe(&route.topic, &route.group).await?;
             subscriptions.push((route, subscription));
         }
+        if subscriptions.is_empty() {
+            // Nothing to consume, but the caller runs its relay until shutdown beside us.
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         let mut loops = JoinSet::new();
         for (route, mut subscription) in subscriptions {
             let (shared, permits, shutdown) = (shared.clone(), permits.clone(), shutdown.clone());
