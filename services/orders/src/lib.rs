@@ -1,1 +1,104 @@
-//! The orders service (under construction).
+//! The orders service: customers place orders over HTTP and read them back; the saga completes
+//! or cancels them by command. Each order is an event-sourced aggregate (the stream
+//! `order-{uuid}` in the kernel's event store, holding only the contract events
+//! `order_created`, `order_completed`, `order_cancelled`), and every event appended to a stream
+//! goes to the outbox on topic `orders` in the same transaction. Reads are served from a
+//! separate, rebuildable read model (`order_views`) that a projector keeps up to date (CQRS).
+//!
+//! It is not the source of prices (it learns them from inventory's events), nor of payment or
+//! stock: it never decides an order's outcome itself, it records the saga's decision.
+
+pub mod api;
+mod consumers;
+pub mod domain;
+pub mod read_model;
+pub mod store;
+
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+use utoipa_axum::router::OpenApiRouter;
+use weir_contracts::topics;
+use weir_core::{Kernel, Router, RouterOptions, db};
+
+pub use read_model::OrderViews;
+
+/// The consumer group of every subscription, and the migrations' owner.
+pub const NAME: &str = "orders";
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub router: RouterOptions,
+    /// Lines one order may have.
+    pub max_lines: usize,
+    /// Units of one product one line may ask for.
+    pub max_quantity: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { router: RouterOptions::default(), max_lines: 50, max_quantity: 1000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Db(#[from] db::Error),
+    #[error(transparent)]
+    Store(#[from] weir_core::store::Error),
+    #[error(transparent)]
+    Bus(#[from] weir_core::bus::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The orders service, built and ready to [`run`](Self::run).
+pub struct Service {
+    kernel: Kernel,
+    config: Config,
+    projector: read_model::Projector,
+    api: api::Api,
+}
+
+impl Service {
+    /// Creates or migrates the service's tables; starts nothing.
+    pub async fn build(kernel: Kernel, config: Config) -> Result<Self> {
+        if config.max_lines == 0 || config.max_quantity == 0 {
+            return Err(Error::Config("max_lines and max_quantity must be at least 1".into()));
+        }
+        db::migrate(kernel.db.as_ref(), NAME, store::MIGRATIONS).await?;
+        let projector = read_model::Projector::new(kernel.db.clone()).await?;
+        let limits = domain::Limits { max_lines: config.max_lines, max_quantity: config.max_quantity };
+        let api = api::Api::new(kernel.db.clone(), kernel.outbox.clone(), limits, projector.handle());
+        Ok(Self { kernel, config, projector, api })
+    }
+
+    /// `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}`; they need the app's
+    /// `Extension(weir_http::Tokens)` for authentication.
+    pub fn routes(&self) -> OpenApiRouter {
+        api::routes(self.api.clone())
+    }
+
+    /// Consumes `inventory` (prices) and `orders.commands`, relays the outbox and runs the
+    /// read-model projector, until `shutdown`; then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Service { kernel, config, projector, api: _ } = self;
+        let handle = projector.handle();
+        // A child token, so that stopping the projector never stops the caller's other services.
+        let projector_stop = shutdown.child_token();
+        let projecting = tokio::spawn(projector.run(projector_stop.clone()));
+        let router = Router::new(kernel.clone(), config.router)
+            .route(topics::INVENTORY, NAME, consumers::Prices)
+            .route(topics::ORDER_COMMANDS, NAME, consumers::Commands { db: kernel.db.clone(), projector: handle });
+        let routed = kernel.run(router, shutdown).await;
+        // The router may also have stopped on its own (a failed subscription).
+        projector_stop.cancel();
+        if let Err(e) = projecting.await {
+            error!(error = %e, "the order projector task failed");
+        }
+        Ok(routed?)
+    }
+}

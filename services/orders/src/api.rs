@@ -1,0 +1,351 @@
+//! The HTTP API: place an order (the write side, into the event store and the outbox) and read
+//! orders (the read side, from the `order_views` read model).
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use weir_contracts::{Money, PricedLine, topics};
+use weir_core::{Db, store::event_store::ExpectedVersion, store::outbox::Outbox};
+use weir_http::{AuthUser, Json, Problem, TraceContext};
+
+use crate::{
+    domain::{self, Invalid, Limits, RawLine, Status},
+    read_model::{self, ProjectorHandle, View},
+    store,
+};
+
+/// How long placing an order waits for the read model to show it (read-your-writes).
+const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
+const DEFAULT_PAGE: i64 = 20;
+const MAX_PAGE: i64 = 100;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The state of the routes; cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    outbox: Outbox,
+    limits: Limits,
+    projector: ProjectorHandle,
+}
+
+impl Api {
+    pub fn new(db: Db, outbox: Outbox, limits: Limits, projector: ProjectorHandle) -> Self {
+        Self { inner: Arc::new(Inner { db, outbox, limits, projector }) }
+    }
+}
+
+pub fn routes(api: Api) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(create_order, list_orders)).routes(routes!(get_order)).with_state(api)
+}
+
+/// An order to place. Prices are not sent: they are the catalog's.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// The lines of the order: each product once.
+    #[serde(default)]
+    pub items: Vec<CreateOrderLine>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderLine {
+    /// A product id from `GET /v1/products`.
+    #[schema(value_type = Uuid)]
+    pub product_id: String,
+    /// How many (1 to the service's maximum, 1000 by default).
+    #[schema(value_type = u32, minimum = 1)]
+    pub quantity: serde_json::Number,
+}
+
+/// An order was accepted and is being processed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub order_id: Uuid,
+    pub status: Status,
+}
+
+/// An amount in minor units (cents) and its ISO 4217 currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MoneyBody {
+    /// Minor units: 1999 with EUR is €19.99.
+    pub amount: i64,
+    #[schema(example = "EUR")]
+    pub currency: String,
+}
+
+impl From<Money> for MoneyBody {
+    fn from(m: Money) -> Self {
+        Self { amount: m.amount, currency: m.currency.as_str().to_owned() }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderLineView {
+    pub product_id: Uuid,
+    pub quantity: u32,
+    /// The catalog's price when the order was placed.
+    pub unit_price: MoneyBody,
+}
+
+impl From<PricedLine> for OrderLineView {
+    fn from(line: PricedLine) -> Self {
+        Self { product_id: line.product_id, quantity: line.quantity, unit_price: line.unit_price.into() }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub status: Status,
+    pub items: Vec<OrderLineView>,
+    pub total: MoneyBody,
+    /// Why the order was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<View> for OrderView {
+    fn from(v: View) -> Self {
+        Self {
+            order_id: v.order_id,
+            status: v.status,
+            items: v.items.into_iter().map(Into::into).collect(),
+            total: v.total.into(),
+            reason: v.reason,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+/// One page of the caller's orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Orders per page, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn invalid(errors: Vec<Invalid>) -> Problem {
+    let detail = errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+    metrics::counter!("weir_orders_rejected_total").increment(1);
+    errors
+        .into_iter()
+        .fold(Problem::invalid(format!("the order was not placed: {detail}")), |p, e| p.with_field(e.field, e.message))
+}
+
+fn accepted(order_id: Uuid) -> Response {
+    let location = format!("/v1/orders/{order_id}");
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status: Status::Pending }))
+        .into_response()
+}
+
+/// The optional `Idempotency-Key`: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::bad_request("the Idempotency-Key header must be 1 to 255 visible ASCII characters, e.g. a UUID")
+                .with_field("Idempotency-Key", "use 1 to 255 visible ASCII characters")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Place an order.
+///
+/// Prices come from the catalog, not the request. The order is accepted as `PENDING` and then
+/// paid for and reserved asynchronously; follow it at the `Location` returned. With an
+/// `Idempotency-Key`, repeating the request returns the order the first one created.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe key: the same key returns the same order")),
+    request_body = CreateOrder,
+    responses(
+        (status = 202, description = "Accepted", body = Accepted,
+            headers(("Location" = String, description = "The order's URL"))),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid order; `errors` names each field", body = Problem,
+            content_type = "application/problem+json"),
+    )
+)]
+async fn create_order(
+    State(api): State<Api>,
+    user: AuthUser,
+    trace: TraceContext,
+    headers: HeaderMap,
+    Json(body): Json<CreateOrder>,
+) -> Result<Response, Problem> {
+    let api = &api.inner;
+    let db = api.db.as_ref();
+    let key = idempotency_key(&headers)?;
+    if let Some(key) = &key
+        && let Some(order_id) = store::order_for_key(db, user.user_id, key).await?
+    {
+        info!(order_id = %order_id, "idempotency key seen before; answering with its order");
+        return Ok(accepted(order_id));
+    }
+
+    let raw: Vec<RawLine<'_>> =
+        body.items.iter().map(|l| RawLine { product_id: &l.product_id, quantity: &l.quantity }).collect();
+    let lines = domain::parse_lines(&raw, api.limits).map_err(invalid)?;
+    let products: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
+    let prices = store::prices(db, &products).await?;
+    let order_id = Uuid::now_v7();
+    let created = domain::place(order_id, user.user_id, &lines, &prices).map_err(invalid)?;
+    let mut event = created.to_event();
+    event.traceparent = Some(trace.traceparent);
+
+    let mut tx = api.db.begin().await?;
+    if let Some(key) = &key
+        && !store::claim_key(tx.as_mut(), user.user_id, key, order_id).await?
+    {
+        // A concurrent request with the same key got there first: answer with its order once
+        // that is durable (a group commit may still be writing it; PostgreSQL has already
+        // waited for it).
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES;
+        loop {
+            if let Some(existing) = store::order_for_key(db, user.user_id, key).await? {
+                return Ok(accepted(existing));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Problem::conflict("a request with this Idempotency-Key is still in progress; retry"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let position =
+        store::record(tx.as_mut(), api.db.dialect(), order_id, ExpectedVersion::NoStream, std::slice::from_ref(&event))
+            .await?;
+    api.outbox.enqueue(tx.as_mut(), topics::ORDERS, vec![event]).await?;
+    api.outbox.commit(tx).await?;
+    metrics::counter!("weir_orders_created_total").increment(1);
+    info!(order_id = %order_id, lines = lines.len(), "order placed");
+
+    // Read-your-writes: answer once the read model shows the order, so that following the
+    // Location finds it. If the projector is slow the order is still accepted.
+    api.projector.wake();
+    if !api.projector.wait_for(position, READ_YOUR_WRITES).await {
+        metrics::counter!("weir_orders_read_model_lagging_total").increment(1);
+        warn!(order_id = %order_id, position, "the read model has not caught up yet; answering anyway");
+    }
+    Ok(accepted(order_id))
+}
+
+/// One of the caller's orders.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order of yours", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_order(
+    State(api): State<Api>,
+    user: AuthUser,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<OrderView>, Problem> {
+    let Path(id) = id.map_err(|e| Problem::bad_request(format!("the order id is malformed: {}", e.body_text())))?;
+    let order_id = Uuid::parse_str(&id).map_err(|_| {
+        Problem::bad_request(format!("{id:?} is not an order id; order ids are UUIDs as returned by POST /v1/orders"))
+            .with_field("id", "use a UUID")
+    })?;
+    let view = read_model::get(api.inner.db.as_ref(), user.user_id, order_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("you have no order {order_id}; list yours at GET /v1/orders")))?;
+    Ok(Json(view.into()))
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_orders(
+    State(api): State<Api>,
+    user: AuthUser,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<OrderPage>, Problem> {
+    let Query(params) =
+        query.map_err(|e| Problem::bad_request(format!("the query string is malformed: {}", e.body_text())))?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(text) => text.parse::<i64>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+            Problem::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}; got {text:?}"))
+                .with_field("limit", format!("use 1 to {MAX_PAGE}"))
+        })?,
+    };
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                Problem::bad_request(format!("{c:?} is not a cursor; pass the next_cursor of the previous page"))
+                    .with_field("cursor", "use the next_cursor of the previous page, or leave it out for the first")
+            })
+        })
+        .transpose()?;
+    let mut views = read_model::list(api.inner.db.as_ref(), user.user_id, before, limit + 1).await?;
+    let next_cursor = if views.len() as i64 > limit {
+        views.truncate(limit as usize);
+        views.last().map(|v| v.order_id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage { items: views.into_iter().map(Into::into).collect(), next_cursor }))
+}
