@@ -10,6 +10,7 @@ pub mod db;
 pub mod event;
 pub mod fault;
 pub mod pii;
+pub mod resilience;
 pub mod router;
 pub mod signing;
 pub mod store;
