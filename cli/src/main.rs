@@ -1,7 +1,9 @@
-//! `weir`: the command-line front of the platform. Today it runs the kernel's benchmarks;
-//! `up`, `serve`, `dlq` and the rest arrive with the services.
+//! `weir`: the command-line front of the platform: `weir up` runs every service in one
+//! process on the embedded default; `weir bench` measures.
 
 mod bench;
+mod data_dir;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every service in one process on the embedded default (SQLite under a data
+    /// directory, keys generated on first run) and serve the HTTP API.
+    Up(up::UpArgs),
     /// Measure the platform on this machine and print a table.
     Bench {
         #[command(subcommand)]
@@ -24,6 +29,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Up(args) => up::run(args).await,
         Command::Bench { scenario } => bench::run(scenario).await,
     }
 }

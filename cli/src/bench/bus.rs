@@ -1,4 +1,4 @@
-//! `weir bench`: throughput and latency of the kernel's moving parts, with durable settings.
+//! `weir bench bus`: the kernel's moving parts — the SQLite log and the event stores.
 
 use std::{
     sync::Arc,
@@ -6,10 +6,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use clap::Args;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{latency_histogram, ms, per_second, progress, table};
 use weir_core::{
     Db, Event, Publisher, Subscriber,
     bus::Message,
@@ -18,12 +18,6 @@ use weir_core::{
         event_store::{self, ExpectedVersion},
     },
 };
-
-#[derive(Subcommand)]
-pub enum Scenario {
-    /// SQLite log publish → consume → ack, and event-store appends on SQLite and PostgreSQL.
-    Bus(BusArgs),
-}
 
 #[derive(Args)]
 pub struct BusArgs {
@@ -56,12 +50,6 @@ pub struct BusArgs {
     dir: Option<std::path::PathBuf>,
 }
 
-pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
-    match scenario {
-        Scenario::Bus(args) => bus(args).await,
-    }
-}
-
 struct Row {
     what: String,
     count: u64,
@@ -69,20 +57,7 @@ struct Row {
     latency: Option<Histogram<u64>>,
 }
 
-/// Microseconds from 1 µs to 60 s, three significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
-}
-
-fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len).with_message(what.to_owned());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} {per_sec}").unwrap().progress_chars("=> "),
-    );
-    bar
-}
-
-async fn bus(args: BusArgs) -> anyhow::Result<()> {
+pub async fn run(args: BusArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let mut rows = vec![sqlite_log(&args, tmp.path()).await?];
     let sqlite: Db = Arc::new(weir_store_sqlite::SqliteDatabase::open(tmp.path().join("events.db"))?);
@@ -210,16 +185,14 @@ async fn appends(what: &str, db: Db, args: &BusArgs) -> anyhow::Result<Row> {
 }
 
 fn print_table(rows: &[Row]) {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(["benchmark", "events", "seconds", "events/s", "p50", "p99"]);
-    let ms = |h: &Histogram<u64>, q: f64| format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0);
+    let mut table = table(&["benchmark", "events", "seconds", "events/s", "p50", "p99"]);
     for r in rows {
         let (p50, p99) = r.latency.as_ref().map_or(("-".into(), "-".into()), |h| (ms(h, 0.5), ms(h, 0.99)));
         table.add_row([
             r.what.clone(),
             r.count.to_string(),
             format!("{:.2}", r.elapsed.as_secs_f64()),
-            format!("{:.0}", r.count as f64 / r.elapsed.as_secs_f64()),
+            per_second(r.count, r.elapsed),
             p50,
             p99,
         ]);

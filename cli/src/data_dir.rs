@@ -1,0 +1,138 @@
+//! The embedded data directory: one SQLite file per service and for the bus, the platform's
+//! keys (generated on first run, readable only by the owner), and a lock so that two `weir up`
+//! never share one directory.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+
+/// An opened, locked data directory.
+pub struct DataDir {
+    root: PathBuf,
+    /// Held for the life of the process: the OS releases the lock when it exits, however it exits.
+    _lock: File,
+}
+
+/// The secrets the embedded platform needs.
+pub struct Keys {
+    /// HMAC key that signs every event.
+    pub events: Vec<u8>,
+    /// HMAC key of the access tokens.
+    pub tokens: Vec<u8>,
+    /// Key that seals personal data (emails) in events.
+    pub pii: [u8; 32],
+}
+
+impl DataDir {
+    /// Creates `root` if needed (mode 0700) and locks it.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(root.join("keys")).with_context(|| {
+            format!("cannot create the data directory {}; choose another with --data-dir", root.display())
+        })?;
+        restrict(root, 0o700)?;
+        restrict(&root.join("keys"), 0o700)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("weir.lock"))
+            .with_context(|| format!("cannot open {}", root.join("weir.lock").display()))?;
+        if lock.try_lock().is_err() {
+            bail!("another `weir up` is using {}; stop it first or pass a different --data-dir", root.display());
+        }
+        Ok(Self { root: root.to_path_buf(), _lock: lock })
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.root.join(file)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Loads the keys, generating any that are missing.
+    pub fn keys(&self) -> anyhow::Result<Keys> {
+        let events = self.key("events.key", 32)?;
+        let tokens = self.key("tokens.key", 32)?;
+        let pii = self.key("pii.key", 32)?;
+        Ok(Keys { events, tokens, pii: pii.try_into().expect("a 32-byte key") })
+    }
+
+    fn key(&self, name: &str, len: usize) -> anyhow::Result<Vec<u8>> {
+        let path = self.root.join("keys").join(name);
+        match fs::read(&path) {
+            Ok(bytes) if bytes.len() == len => return Ok(bytes),
+            Ok(_) => bail!(
+                "{} is damaged (wrong length); restore it from a backup — deleting it makes existing data unreadable",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        let mut key = vec![0u8; len];
+        rand::fill(&mut key[..]);
+        // Write to a temporary file and rename, so a crash never leaves half a key.
+        let temporary = path.with_extension("tmp");
+        {
+            let mut file = create_private(&temporary)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+        }
+        fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(key = %path.display(), "generated a new key");
+        Ok(key)
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    Ok(OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path)?)
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set permissions on {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let first = data.keys().unwrap();
+        let again = data.keys().unwrap();
+        assert_eq!(first.events, again.events);
+        assert_eq!(first.pii, again.pii);
+        assert_ne!(first.events, first.tokens);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("keys/events.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "keys must not be readable by others");
+    }
+
+    #[test]
+    fn a_second_process_cannot_share_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DataDir::open(dir.path()).unwrap();
+        let error = DataDir::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("another `weir up`"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_key_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        fs::write(dir.path().join("keys/tokens.key"), b"short").unwrap();
+        assert!(data.keys().err().unwrap().to_string().contains("damaged"));
+    }
+}

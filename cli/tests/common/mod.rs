@@ -1,0 +1,271 @@
+//! Black-box harness for the `weir` binary: start `weir up` as a real process on free loopback
+//! ports, talk to it only over HTTP, kill it, restart it on the same data directory.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `weir up`.
+pub struct Weir {
+    pub child: Child,
+    pub url: String,
+    pub gateway: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    log_filter: String,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Weir {
+    /// Starts `weir up` on `data_dir` with `extra` flags and waits until it is ready.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_logged(data_dir, extra, "info").await
+    }
+
+    /// Like [`start`](Self::start) with a log filter (`WEIR_LOG`).
+    pub async fn start_logged(data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
+        let (port, gateway_port) = (free_port(), free_port());
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, port, gateway_port, args, log_filter.to_owned()).await
+    }
+
+    async fn spawn(data_dir: &Path, port: u16, gateway_port: u16, args: Vec<String>, log_filter: String) -> Self {
+        let log = data_dir.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--payment-gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+            .args(["--log-format", "json"])
+            .args(&args)
+            .env("WEIR_LOG", &log_filter)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("the weir binary starts");
+        let weir = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            gateway: format!("http://127.0.0.1:{gateway_port}"),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            args,
+            log_filter,
+        };
+        weir.wait_ready().await;
+        weir
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "weir up did not become ready; log:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no chance to flush or drain anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the same configuration again on the same data dir and ports.
+    pub async fn restart(&self) -> Self {
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let gateway_port = self.gateway.rsplit(':').next().unwrap().parse().unwrap();
+        Self::spawn(&self.data_dir, port, gateway_port, self.args.clone(), self.log_filter.clone()).await
+    }
+
+    /// SIGINT (Ctrl-C) and waits for a clean exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "weir up did not stop after Ctrl-C; log:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client { http: reqwest::Client::new(), url: self.url.clone() }
+    }
+
+    /// The simulated gateway's ledger.
+    pub async fn ledger(&self) -> Value {
+        reqwest::get(format!("{}/v1/ledger", self.gateway)).await.unwrap().json().await.unwrap()
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The public API, as a user's curl would call it.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub token: String,
+}
+
+impl Client {
+    pub async fn register(&self, email: &str) -> User {
+        let password = "correct horse battery staple";
+        let response = self
+            .http
+            .post(format!("{}/v1/users", self.url))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "register: {}", response.text().await.unwrap());
+        let id = response.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_owned();
+        let token = self.login(email, password).await;
+        User { id, email: email.to_owned(), token }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/v1/auth/token", self.url))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn products(&self) -> Vec<Value> {
+        let body: Value =
+            self.http.get(format!("{}/v1/products", self.url)).send().await.unwrap().json().await.unwrap();
+        body["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn product(&self, id: &str) -> Value {
+        self.http.get(format!("{}/v1/products/{id}", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The product with `sku`.
+    pub async fn product_by_sku(&self, sku: &str) -> Value {
+        self.products().await.into_iter().find(|p| p["sku"] == sku).unwrap_or_else(|| panic!("no product {sku}"))
+    }
+
+    pub async fn place_order_raw(&self, token: &str, body: Value) -> reqwest::Response {
+        self.http.post(format!("{}/v1/orders", self.url)).bearer_auth(token).json(&body).send().await.unwrap()
+    }
+
+    /// Places an order and returns its id.
+    pub async fn place_order(&self, user: &User, product_id: &str, quantity: u32) -> String {
+        let response = self
+            .place_order_raw(&user.token, json!({ "items": [{ "product_id": product_id, "quantity": quantity }] }))
+            .await;
+        assert_eq!(response.status(), 202, "order: {}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "PENDING");
+        body["order_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn order(&self, token: &str, id: &str) -> reqwest::Response {
+        self.http.get(format!("{}/v1/orders/{id}", self.url)).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// Polls until the order is COMPLETED or CANCELLED; returns its view.
+    pub async fn wait_for_outcome(&self, token: &str, id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let response = self.order(token, id).await;
+            if response.status() == 200 {
+                let view: Value = response.json().await.unwrap();
+                if view["status"] == "COMPLETED" || view["status"] == "CANCELLED" {
+                    return view;
+                }
+                assert!(Instant::now() < deadline, "order {id} still {} after {PATIENCE:?}", view["status"]);
+            } else {
+                assert!(Instant::now() < deadline, "order {id} not readable: {}", response.status());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn notifications(&self, token: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request =
+                self.http.get(format!("{}/v1/notifications", self.url)).bearer_auth(token).query(&[("limit", "100")]);
+            if let Some(c) = &cursor {
+                request = request.query(&[("cursor", c)]);
+            }
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            all.extend(body["items"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return all,
+            }
+        }
+    }
+
+    /// Polls until the user has `n` notifications.
+    pub async fn wait_for_notifications(&self, token: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let all = self.notifications(token).await;
+            if all.len() >= n || Instant::now() > deadline {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Asserts the response is a problem+json with `status`; returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    body
+}
