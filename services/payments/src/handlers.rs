@@ -64,6 +64,7 @@ impl Handler for ChargeHandler {
             idempotency_key: format!("charge-{}", order.order_id),
             amount: order.total,
             customer: order.user_id,
+            traceparent: event.traceparent.clone(),
         };
         let outcome = match self.provider.charge(&request).await {
             Ok(charge) => ChargeOutcome::Charged(charge),
@@ -153,7 +154,12 @@ impl Handler for RefundHandler {
                 command.order_id
             )));
         };
-        let request = RefundRequest { idempotency_key: format!("refund-{}", command.order_id), charge_id, amount };
+        let request = RefundRequest {
+            idempotency_key: format!("refund-{}", command.order_id),
+            charge_id,
+            amount,
+            traceparent: event.traceparent.clone(),
+        };
         match self.provider.refund(&request).await {
             Ok(refund) => Ok(Some(Box::new(refund))),
             // Money we took and cannot give back: a person must look (the dead letter says why).

@@ -126,14 +126,20 @@ impl HttpProvider {
     }
 
     /// One operation: breaker → retries → timeout → request.
-    async fn send(&self, path: &str, key: &str, body: &(impl Serialize + Sync)) -> Result<Body, ProviderError> {
+    async fn send(
+        &self,
+        path: &str,
+        key: &str,
+        traceparent: Option<&str>,
+        body: &(impl Serialize + Sync),
+    ) -> Result<Body, ProviderError> {
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
         let limit = self.config.timeout;
         let one_try = || {
             with_timeout(
                 limit,
                 move || Unavailable(format!("no answer within {limit:?}")),
-                self.try_once(&url, key, body),
+                self.try_once(&url, key, traceparent, body),
             )
         };
         let retried = retry_with_jitter(
@@ -152,15 +158,19 @@ impl HttpProvider {
         }
     }
 
-    async fn try_once(&self, url: &str, key: &str, body: &impl Serialize) -> Result<Answer, Unavailable> {
-        let response = self
-            .client
-            .post(url)
-            .header(IDEMPOTENCY_KEY, key)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| Unavailable(format!("cannot reach the gateway: {e}")))?;
+    async fn try_once(
+        &self,
+        url: &str,
+        key: &str,
+        traceparent: Option<&str>,
+        body: &impl Serialize,
+    ) -> Result<Answer, Unavailable> {
+        let mut request = self.client.post(url).header(IDEMPOTENCY_KEY, key);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response =
+            request.json(body).send().await.map_err(|e| Unavailable(format!("cannot reach the gateway: {e}")))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| Unavailable(format!("the answer broke off: {e}")))?;
         debug!(%url, idempotency_key = %key, %status, "payment gateway answered");
@@ -189,13 +199,15 @@ impl PaymentProvider for HttpProvider {
             currency: req.amount.currency.to_string(),
             customer: req.customer,
         };
-        let answer: wire::ChargeAnswer = decode(&self.send("/v1/charges", &req.idempotency_key, &body).await?)?;
+        let answer: wire::ChargeAnswer =
+            decode(&self.send("/v1/charges", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
         Ok(Charge { charge_id: answer.charge_id, amount: req.amount })
     }
 
     async fn refund(&self, req: &RefundRequest) -> Result<Refund, ProviderError> {
         let body = wire::RefundBody { charge_id: req.charge_id.clone(), amount: req.amount.amount };
-        let answer: wire::RefundAnswer = decode(&self.send("/v1/refunds", &req.idempotency_key, &body).await?)?;
+        let answer: wire::RefundAnswer =
+            decode(&self.send("/v1/refunds", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
         Ok(Refund { refund_id: answer.refund_id, amount: req.amount })
     }
 }

@@ -11,6 +11,8 @@ pub struct ChargeRequest {
     pub idempotency_key: String,
     pub amount: Money,
     pub customer: Uuid,
+    /// The W3C trace context of the order, passed on so the gateway's logs join the trace.
+    pub traceparent: Option<String>,
 }
 
 /// A successful charge.
@@ -27,6 +29,7 @@ pub struct RefundRequest {
     pub idempotency_key: String,
     pub charge_id: String,
     pub amount: Money,
+    pub traceparent: Option<String>,
 }
 
 /// A successful refund.

@@ -149,7 +149,16 @@ pub fn router(db: Db, config: Arc<RwLock<SimulatorConfig>>) -> Router {
         .route("/v1/charges", post(create_charge))
         .route("/v1/refunds", post(create_refund))
         .route("/v1/ledger", get(ledger))
+        .layer(axum::middleware::from_fn(in_trace))
         .with_state(Gateway { db, config })
+}
+
+/// Runs each request in a span carrying the caller's trace id, as an instrumented gateway
+/// would, so its log lines join the order's trace.
+async fn in_trace(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let trace = weir_http::TraceContext::from_headers(request.headers());
+    let span = tracing::info_span!("gateway", trace_id = %trace.trace_id());
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 /// A running simulator; stop it with [`stop`](Self::stop) (dropping it leaves it running until

@@ -354,6 +354,7 @@ async fn an_unreachable_gateway_is_unavailable_and_opens_the_breaker() {
         idempotency_key: format!("charge-{}", order.order_id),
         amount: order.total,
         customer: order.user_id,
+        traceparent: None,
     };
     let order = an_order();
     for _ in 0..2 {
