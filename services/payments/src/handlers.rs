@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 use weir_contracts::{
     Contract, Currency, LineItem, Money, OrderCreated, PaymentFailed, PaymentRefunded, PaymentSuccessful, RefundPayment,
@@ -89,7 +89,7 @@ impl Handler for ChargeHandler {
                 store::insert(ctx.tx(), settled(&order, &items, Status::Charged, Some(&charge.charge_id), None))
                     .await?;
                 count("charged");
-                info!(%order_id, charge_id = %charge.charge_id, amount = %order.total, "order charged");
+                debug!(%order_id, charge_id = %charge.charge_id, amount = %order.total, "order charged");
                 let paid = PaymentSuccessful { order_id, payment_id: charge.charge_id, amount: order.total, items };
                 Ok(vec![paid.reply_to(SOURCE, event)])
             }

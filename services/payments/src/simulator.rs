@@ -45,7 +45,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 use uuid::Uuid;
 use weir_contracts::Currency;
 use weir_core::{
@@ -394,7 +394,7 @@ async fn charge(
         )
         .await?;
         tx.commit().await?;
-        info!(idempotency_key = %key, %charge_id, amount = body.amount, "simulated gateway charged");
+        debug!(idempotency_key = %key, %charge_id, amount = body.amount, "simulated gateway charged");
         return Ok(Answer { status: StatusCode::CREATED, body: response, replayed: false });
     }
     Err(Problem::conflict("a concurrent request with the same idempotency key is in progress; retry"))

@@ -121,14 +121,21 @@ impl Handler for SagaHandler {
         // which is rare enough (a conflict, an outage) not to distort the rates.
         metrics::counter!("weir_saga_transitions_total", "from" => state.name(), "to" => decision.next.name())
             .increment(1);
-        info!(
-            order_id = %order_id,
-            from = state.name(),
-            to = decision.next.name(),
-            input = input.name(),
-            commands = decision.commands.len(),
-            "saga transition"
-        );
+        // Every step at debug; the outcome at info, so a busy shop's log stays readable.
+        let level_info =
+            matches!(decision.next.name(), "completed" | "cancelled") && state.name() != decision.next.name();
+        if level_info {
+            info!(order_id = %order_id, from = state.name(), to = decision.next.name(), input = input.name(), "saga finished");
+        } else {
+            debug!(
+                order_id = %order_id,
+                from = state.name(),
+                to = decision.next.name(),
+                input = input.name(),
+                commands = decision.commands.len(),
+                "saga transition"
+            );
+        }
         Ok(decision.commands.into_iter().map(|c| outgoing(c, order_id, event)).collect())
     }
 }
