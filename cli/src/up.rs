@@ -119,7 +119,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             subscriber: subscriber.clone(),
         })
     };
-    let router = RouterOptions::default();
 
     // The simulated external payment gateway: its own durable ledger, reached over loopback HTTP.
     let gateway_db: weir_core::Db = Arc::new(SqliteDatabase::open(data.path("gateway.db"))?);
@@ -142,35 +141,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let users =
         weir_users::Service::build(kernel("users").await?, weir_users::Config::new(tokens.clone(), sealer.clone()))
             .await?;
-    let inventory = weir_inventory::Service::build(
-        kernel("inventory").await?,
-        weir_inventory::Config { demo_catalog: true, router: router.clone() },
-    )
-    .await?;
-    let orders = weir_orders::Service::build(
-        kernel("orders").await?,
-        weir_orders::Config { router: router.clone(), ..Default::default() },
-    )
-    .await?;
-    let payments = weir_payments::Service::build(
-        kernel("payments").await?,
-        weir_payments::Config { provider, router: router.clone() },
-    )
-    .await?;
+    let inventory =
+        weir_inventory::Service::build(kernel("inventory").await?, weir_inventory::Config::default()).await?;
+    let orders = weir_orders::Service::build(kernel("orders").await?, weir_orders::Config::default()).await?;
+    let payments =
+        weir_payments::Service::build(kernel("payments").await?, weir_payments::Config::new(provider)).await?;
     let shutdown = CancellationToken::new();
     let saga = weir_saga::Service::build(
         kernel("saga").await?,
         weir_saga::Config {
             payment_timeout: Duration::from_millis(args.payment_timeout_ms),
             stock_timeout: Duration::from_millis(args.stock_timeout_ms),
-            router: router.clone(),
+            // Keeps the saga's own, more patient retry policy.
+            ..Default::default()
         },
     )
     .await?;
     let smtp = args.smtp.as_deref().map(|s| smtp_config(s, &args.smtp_from)).transpose()?;
     let notifications = weir_notifications::Service::build(
         kernel("notifications").await?,
-        weir_notifications::Config { sealer, smtp, router },
+        weir_notifications::Config { sealer, smtp, router: RouterOptions::default() },
     )
     .await?;
 

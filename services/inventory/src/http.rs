@@ -108,12 +108,7 @@ async fn get_product(
 ) -> Result<Json<ProductDetail>, Problem> {
     // The id is taken as text and parsed here so a bad one is a problem, not axum's plain text.
     let Path(id) = id.map_err(|e| Problem::bad_request(format!("the product id in the path is unreadable: {e}")))?;
-    let product_id = Uuid::parse_str(&id).map_err(|_| {
-        Problem::bad_request(format!(
-            "{id:?} is not a product id; product ids are UUIDs, as listed by GET /v1/products"
-        ))
-        .with_field("id", "expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8")
-    })?;
+    let product_id = weir_http::parse_id(&id, "a product", "GET /v1/products")?;
     let rows =
         db.query(&format!("SELECT {COLUMNS} FROM products WHERE id = $1"), &[product_id.to_string().into()]).await?;
     let Some(row) = rows.first() else {

@@ -8,12 +8,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weir_core::Db;
-use weir_http::{AuthUser, Json, Problem};
+use weir_http::{AuthUser, Json, Page, Problem};
 
 use crate::now_millis;
-
-const DEFAULT_LIMIT: i64 = 20;
-const MAX_LIMIT: i64 = 100;
 
 pub(crate) fn routes(db: Db) -> OpenApiRouter {
     OpenApiRouter::new().routes(routes!(list_notifications)).routes(routes!(mark_read)).with_state(db)
@@ -68,20 +65,7 @@ struct ListQuery {
 
 impl ListQuery {
     fn parse(params: ListParams) -> Result<Self, Problem> {
-        let limit = match params.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(s) => s.parse::<i64>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-                Problem::bad_request(format!("limit must be a whole number from 1 to {MAX_LIMIT}; got {s:?}"))
-                    .with_field("limit", format!("a whole number from 1 to {MAX_LIMIT}"))
-            })?,
-        };
-        let before = match params.cursor.as_deref() {
-            None => None,
-            Some(s) => Some(Uuid::try_parse(s).map_err(|_| {
-                Problem::bad_request("cursor is not one this API gave out; pass the next_cursor of the previous page")
-                    .with_field("cursor", "the next_cursor of a previous page")
-            })?),
-        };
+        let Page { limit, before } = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
         let unread_only = match params.unread.as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -131,17 +115,12 @@ async fn list_notifications(
         args.push(before.to_string().into());
         sql.push_str(&format!(" AND id < ${}", args.len()));
     }
-    // One more than asked tells whether another page follows.
-    args.push((query.limit + 1).into());
+    let page = Page { limit: query.limit, before: query.before };
+    args.push(page.fetch().into());
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
     let rows = db.query(&sql, &args).await?;
     let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>().map_err(|e| Problem::internal(&e))?;
-    let next_cursor = if items.len() as i64 > query.limit {
-        items.truncate(query.limit as usize);
-        items.last().map(|n| n.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.next_cursor(&mut items, |n| n.id);
     Ok(Json(NotificationPage { items, next_cursor }))
 }
 
@@ -179,12 +158,7 @@ fn view(row: &weir_core::db::Row) -> weir_core::db::Result<NotificationView> {
     )
 )]
 async fn mark_read(State(db): State<Db>, user: AuthUser, Path(id): Path<String>) -> weir_http::Result<StatusCode> {
-    let id = Uuid::try_parse(&id).map_err(|_| {
-        Problem::bad_request(format!(
-            "{id:?} is not a notification id; ids are UUIDs as listed by GET /v1/notifications"
-        ))
-        .with_field("id", "a UUID")
-    })?;
+    let id = weir_http::parse_id(&id, "a notification", "GET /v1/notifications")?;
     let mut tx = db.begin().await?;
     let changed = tx
         .execute(

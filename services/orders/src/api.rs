@@ -18,7 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use weir_contracts::{Money, PricedLine, topics};
 use weir_core::{Db, store::event_store::ExpectedVersion, store::outbox::Outbox};
-use weir_http::{AuthUser, Json, Problem, TraceContext};
+use weir_http::{AuthUser, Json, Page, Problem, TraceContext};
 
 use crate::{
     domain::{self, Invalid, Limits, RawLine, Status},
@@ -28,8 +28,6 @@ use crate::{
 
 /// How long placing an order waits for the read model to show it (read-your-writes).
 const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
-const DEFAULT_PAGE: i64 = 20;
-const MAX_PAGE: i64 = 100;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The state of the routes; cheap to clone.
@@ -293,10 +291,7 @@ async fn get_order(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, Problem> {
     let Path(id) = id.map_err(|e| Problem::bad_request(format!("the order id is malformed: {}", e.body_text())))?;
-    let order_id = Uuid::parse_str(&id).map_err(|_| {
-        Problem::bad_request(format!("{id:?} is not an order id; order ids are UUIDs as returned by POST /v1/orders"))
-            .with_field("id", "use a UUID")
-    })?;
+    let order_id = weir_http::parse_id(&id, "an order", "GET /v1/orders")?;
     let view = read_model::get(api.inner.db.as_ref(), user.user_id, order_id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("you have no order {order_id}; list yours at GET /v1/orders")))?;
@@ -323,29 +318,8 @@ async fn list_orders(
 ) -> Result<Json<OrderPage>, Problem> {
     let Query(params) =
         query.map_err(|e| Problem::bad_request(format!("the query string is malformed: {}", e.body_text())))?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(text) => text.parse::<i64>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
-            Problem::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}; got {text:?}"))
-                .with_field("limit", format!("use 1 to {MAX_PAGE}"))
-        })?,
-    };
-    let before = params
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                Problem::bad_request(format!("{c:?} is not a cursor; pass the next_cursor of the previous page"))
-                    .with_field("cursor", "use the next_cursor of the previous page, or leave it out for the first")
-            })
-        })
-        .transpose()?;
-    let mut views = read_model::list(api.inner.db.as_ref(), user.user_id, before, limit + 1).await?;
-    let next_cursor = if views.len() as i64 > limit {
-        views.truncate(limit as usize);
-        views.last().map(|v| v.order_id.to_string())
-    } else {
-        None
-    };
+    let page = Page::parse(params.limit.as_deref(), params.cursor.as_deref())?;
+    let mut views = read_model::list(api.inner.db.as_ref(), user.user_id, page.before, page.fetch()).await?;
+    let next_cursor = page.next_cursor(&mut views, |v| v.order_id);
     Ok(Json(OrderPage { items: views.into_iter().map(Into::into).collect(), next_cursor }))
 }
