@@ -1,5 +1,6 @@
-//! The order pipeline's message contracts: every topic, event and command the services exchange,
-//! as plain Rust types. Services depend on these types, never on each other; this crate holds
+//! The platform's message contracts — the order pipeline's and the Document Intelligence
+//! Platform's ([`documents`]): every topic, event and command the services exchange, as plain
+//! Rust types. Services depend on these types, never on each other; this crate holds
 //! no behaviour beyond turning a payload into an [`Event`] and back.
 //!
 //! Events are facts published by their owner to the owner's topic (`orders`, `payments`, ...).
@@ -7,12 +8,14 @@
 //! Every payload's subject (the partition and ordering key) is its order id, user id or product
 //! id, so everything about one order is handled in order.
 
+pub mod documents;
 pub mod money;
 pub mod orders;
 
 use serde::{Serialize, de::DeserializeOwned};
 use weir_core::{Event, Outgoing, event::DecodeError};
 
+pub use documents::*;
 pub use money::{Currency, Money};
 pub use orders::*;
 
@@ -27,6 +30,12 @@ pub mod topics {
     pub const PAYMENT_COMMANDS: &str = "payments.commands";
     /// Durable saga timers fire here; only the saga orchestrator reads it.
     pub const SAGA_TIMEOUTS: &str = "saga.timeouts";
+    /// A document's raw bytes are stored.
+    pub const DOC_UPLOADED: &str = "doc.uploaded";
+    /// A document's text and thumbnail are ready, or processing failed.
+    pub const DOC_PROCESSED: &str = "doc.processed";
+    /// A document has its label.
+    pub const DOC_CLASSIFIED: &str = "doc.classified";
 }
 
 /// A payload with a fixed place on the bus: its topic, its event type and schema version.
@@ -91,5 +100,9 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
         one::<PaymentRefunded>(),
         one::<RefundPayment>(),
         one::<SagaTimedOut>(),
+        one::<DocumentUploaded>(),
+        one::<DocumentProcessed>(),
+        one::<DocumentFailed>(),
+        one::<DocumentClassified>(),
     ]
 }

@@ -239,8 +239,8 @@ mod tests {
     #[test]
     fn every_contract_has_a_schema_and_a_valid_topic() {
         let schemas = crate::schemas();
-        assert_eq!(schemas.len(), 18);
-        for topic in [topics::USERS, topics::INVENTORY_COMMANDS, topics::SAGA_TIMEOUTS] {
+        assert_eq!(schemas.len(), 22);
+        for topic in [topics::USERS, topics::INVENTORY_COMMANDS, topics::SAGA_TIMEOUTS, topics::DOC_UPLOADED] {
             weir_core::bus::validate_name(topic).unwrap();
         }
     }
