@@ -36,8 +36,14 @@ pub struct ListParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NotificationView {
     pub id: Uuid,
-    pub order_id: Uuid,
-    /// The outcome: `order_completed` or `order_cancelled`.
+    /// The order it is about (for `order_completed` and `order_cancelled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+    /// The document it is about (for `document_classified` and `document_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document_id: Option<Uuid>,
+    /// The outcome: `order_completed`, `order_cancelled`, `document_classified` (the document
+    /// is ready) or `document_failed`.
     pub kind: String,
     pub title: String,
     pub body: String,
@@ -104,7 +110,7 @@ async fn list_notifications(
     })?;
     let query = ListQuery::parse(params)?;
     let mut sql = String::from(
-        "SELECT id, order_id, kind, title, body, created_at, read_at FROM notifications
+        "SELECT id, subject_id, kind, title, body, created_at, read_at FROM notifications
          WHERE user_id = $1 AND in_app = 1",
     );
     let mut args: Vec<weir_core::Value> = vec![user.user_id.to_string().into()];
@@ -132,10 +138,13 @@ fn view(row: &weir_core::db::Row) -> weir_core::db::Result<NotificationView> {
         DateTime::from_timestamp_millis(millis)
             .ok_or_else(|| weir_core::db::Error::Decode(format!("{millis} is not a time")))
     };
+    let (subject, kind) = (uuid(1)?, row.text(2)?.to_owned());
+    let about_document = kind.starts_with("document_");
     Ok(NotificationView {
         id: uuid(0)?,
-        order_id: uuid(1)?,
-        kind: row.text(2)?.to_owned(),
+        order_id: (!about_document).then_some(subject),
+        document_id: about_document.then_some(subject),
+        kind,
         title: row.text(3)?.to_owned(),
         body: row.text(4)?.to_owned(),
         created_at: time(row.i64(5)?)?,

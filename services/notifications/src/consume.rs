@@ -1,6 +1,8 @@
-//! The consumers: users' contacts and preferences from `users`, order outcomes from `orders`.
+//! The consumers: users' contacts and preferences from `users`; outcomes from `orders` (an
+//! order completed or cancelled), `doc.classified` (a document is ready) and `doc.processed`
+//! (a document could not be read).
 //!
-//! Each outcome becomes exactly one `notifications` row (unique per order and kind), whatever
+//! Each outcome becomes exactly one `notifications` row (unique per subject and kind), whatever
 //! the number of deliveries or restated events. Its channels are decided once, from the user's
 //! preferences at that moment, and an email to send becomes an `emails` row in the same
 //! transaction; the [sender](crate::sender) delivers it later, outside any transaction.
@@ -23,9 +25,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tracing::{debug, info};
 use uuid::Uuid;
-use weir_contracts::{
-    Contract, NotificationPreferencesChanged, OrderCancelled, OrderCompleted, Preferences, UserRegistered,
-};
+use weir_contracts::{Contract, NotificationPreferencesChanged, Preferences, UserRegistered};
 use weir_core::{Context, Event, Handler, HandlerError, Outgoing, Transaction};
 
 use crate::{
@@ -130,34 +130,24 @@ impl UsersHandler {
     }
 }
 
-/// Consumes `orders`: completed and cancelled orders; every other type is ignored.
-pub(crate) struct OrdersHandler(pub Shared);
+/// Consumes the outcome topics (`orders`, `doc.processed`, `doc.classified`); every event that
+/// is not an outcome ([`Outcome::from_event`]) is ignored.
+pub(crate) struct OutcomesHandler(pub Shared);
 
 #[async_trait]
-impl Handler for OrdersHandler {
+impl Handler for OutcomesHandler {
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
-        let (order_id, user_id, outcome) = if let Some(completed) = OrderCompleted::decode(event) {
-            let c = completed?;
-            (c.order_id, c.user_id, Outcome::Completed { total: c.total })
-        } else if let Some(cancelled) = OrderCancelled::decode(event) {
-            let c = cancelled?;
-            (c.order_id, c.user_id, Outcome::Cancelled { reason: c.reason })
-        } else {
-            return Ok(Vec::new());
-        };
-        self.outcome(ctx.tx(), order_id, user_id, &outcome).await?;
+        if let Some(outcome) = Outcome::from_event(event) {
+            let (user_id, outcome) = outcome?;
+            self.outcome(ctx.tx(), user_id, &outcome).await?;
+        }
         Ok(Vec::new())
     }
 }
 
-impl OrdersHandler {
-    async fn outcome(
-        &self,
-        tx: &mut dyn Transaction,
-        order_id: Uuid,
-        user_id: Uuid,
-        outcome: &Outcome,
-    ) -> Result<(), HandlerError> {
+impl OutcomesHandler {
+    async fn outcome(&self, tx: &mut dyn Transaction, user_id: Uuid, outcome: &Outcome) -> Result<(), HandlerError> {
+        let subject = outcome.subject();
         let user = user_id.to_string();
         // Lock the user's contact first (see the module docs), then read it.
         tx.execute(
@@ -171,16 +161,16 @@ impl OrdersHandler {
             .filter(|c| c.registered)
             .and_then(|c| c.preferences)
             .map(|preferences| self.0.channels(preferences));
-        let text = text::compose(order_id, outcome);
+        let text = text::compose(outcome);
         let id = Uuid::now_v7().to_string();
         let inserted = tx
             .execute(
-                "INSERT INTO notifications (id, user_id, order_id, kind, title, body, created_at, email, in_app)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id, kind) DO NOTHING",
+                "INSERT INTO notifications (id, user_id, subject_id, kind, title, body, created_at, email, in_app)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (subject_id, kind) DO NOTHING",
                 &[
                     id.as_str().into(),
                     user.as_str().into(),
-                    order_id.to_string().into(),
+                    subject.to_string().into(),
                     outcome.kind().into(),
                     text.title.as_str().into(),
                     text.body.as_str().into(),
@@ -191,12 +181,12 @@ impl OrdersHandler {
             )
             .await?;
         if inserted == 0 {
-            debug!(%order_id, kind = outcome.kind(), "outcome already notified");
+            debug!(%subject, kind = outcome.kind(), "outcome already notified");
             return Ok(());
         }
         match channels {
             Some(channels) => deliver(&self.0, tx, &id, &user, outcome.kind(), &text, channels).await?,
-            None => info!(%order_id, %user_id, "the user is not known yet; the notification waits for them"),
+            None => info!(%subject, %user_id, "the user is not known yet; the notification waits for them"),
         }
         Ok(())
     }

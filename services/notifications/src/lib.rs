@@ -1,12 +1,12 @@
-//! The notifications service: tells a customer how their order ended — exactly one
-//! notification per outcome (completed or cancelled) per order, in-app and by email over SMTP,
-//! as the user's preferences say.
+//! The notifications service: tells a user how their order ended and that their document is
+//! ready — exactly one notification per outcome (an order completed or cancelled, a document
+//! classified or failed), in-app and by email over SMTP, as the user's preferences say.
 //!
 //! It learns contacts (sealed email addresses) and preferences from the `users` topic and
-//! outcomes from the `orders` topic ([`consume`]); a background task delivers the emails with
+//! outcomes from the `orders`, `doc.classified` and `doc.processed` topics ([`consume`]); a background task delivers the emails with
 //! timeouts, retries and a circuit breaker ([`sender`]); `GET /v1/notifications` lists the
 //! caller's in-app notifications ([`api`]). It is not a general messaging system: it sends
-//! nothing but order outcomes, and it never reads another service's tables.
+//! nothing but these outcomes, and it never reads another service's tables.
 
 mod api;
 mod consume;
@@ -133,7 +133,9 @@ impl Service {
         let shared = consume::Shared { email_enabled: self.from.is_some(), wake_sender: self.wake_sender.clone() };
         let router = Router::new(self.kernel.clone(), self.config.router.clone())
             .route(topics::USERS, NAME, consume::UsersHandler(shared.clone()))
-            .route(topics::ORDERS, NAME, consume::OrdersHandler(shared));
+            .route(topics::ORDERS, NAME, consume::OutcomesHandler(shared.clone()))
+            .route(topics::DOC_PROCESSED, NAME, consume::OutcomesHandler(shared.clone()))
+            .route(topics::DOC_CLASSIFIED, NAME, consume::OutcomesHandler(shared));
         let sender = match (self.config.smtp, self.from) {
             (Some(smtp), Some(from)) => Some(tokio::spawn(
                 sender::Sender {
@@ -166,8 +168,13 @@ impl Service {
 /// none is a placeholder that serialises the user's transactions). `notifications`: one row per outcome per
 /// order; `email`/`in_app` are its channels, NULL while it waits for the user's registration.
 /// `emails`: the delivery state of each email.
-const MIGRATIONS: [Migration; 1] =
-    [Migration { version: 1, name: "contacts, notifications, emails", sqlite: SCHEMA, postgres: SCHEMA }];
+/// Version 2: notifications are about an order or a document, so `order_id` becomes `subject_id`.
+const MIGRATIONS: [Migration; 2] = [
+    Migration { version: 1, name: "contacts, notifications, emails", sqlite: SCHEMA, postgres: SCHEMA },
+    Migration { version: 2, name: "notifications about any subject", sqlite: SUBJECTS, postgres: SUBJECTS },
+];
+
+const SUBJECTS: &str = "ALTER TABLE notifications RENAME COLUMN order_id TO subject_id";
 
 const SCHEMA: &str = "
 CREATE TABLE contacts (

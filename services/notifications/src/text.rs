@@ -1,25 +1,68 @@
-//! The words of a notification: one title and body per order outcome, used for the in-app
-//! entry and the email alike.
+//! The words of a notification: one title and body per outcome (an order's or a document's),
+//! used for the in-app entry and the email alike.
 
 use uuid::Uuid;
-use weir_contracts::{Contract, Money, OrderCancelled, OrderCompleted};
+use weir_contracts::{Contract, DocumentClassified, DocumentFailed, Money, OrderCancelled, OrderCompleted};
+use weir_core::{Event, event::DecodeError};
 
-/// The longest cancellation reason quoted to a customer; the rest is cut with an ellipsis.
+/// The longest reason or file name quoted to a customer; the rest is cut with an ellipsis.
 const MAX_REASON_CHARS: usize = 300;
 
-/// An order outcome worth telling its customer about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An outcome worth telling its user about: how an order ended, or that a document is ready
+/// (or could not be read).
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
-    Completed { total: Money },
-    Cancelled { reason: String },
+    Completed { order_id: Uuid, total: Money },
+    Cancelled { order_id: Uuid, reason: String },
+    DocumentReady { document_id: Uuid, filename: String, label: String, confidence: f32 },
+    DocumentFailed { document_id: Uuid, filename: String, reason: String },
 }
 
 impl Outcome {
+    /// The outcome `event` carries, with the user it is for; `None` for any other event.
+    pub(crate) fn from_event(event: &Event) -> Option<Result<(Uuid, Outcome), DecodeError>> {
+        if let Some(c) = OrderCompleted::decode(event) {
+            return Some(c.map(|c| (c.user_id, Outcome::Completed { order_id: c.order_id, total: c.total })));
+        }
+        if let Some(c) = OrderCancelled::decode(event) {
+            return Some(c.map(|c| (c.user_id, Outcome::Cancelled { order_id: c.order_id, reason: c.reason })));
+        }
+        if let Some(c) = DocumentClassified::decode(event) {
+            return Some(c.map(|c| {
+                let outcome = Outcome::DocumentReady {
+                    document_id: c.document_id,
+                    filename: c.filename,
+                    label: c.label,
+                    confidence: c.confidence,
+                };
+                (c.user_id, outcome)
+            }));
+        }
+        if let Some(f) = DocumentFailed::decode(event) {
+            return Some(f.map(|f| {
+                let outcome =
+                    Outcome::DocumentFailed { document_id: f.document_id, filename: f.filename, reason: f.reason };
+                (f.user_id, outcome)
+            }));
+        }
+        None
+    }
+
     /// The `kind` column and API field: the event type it came from.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Outcome::Completed { .. } => OrderCompleted::KIND,
             Outcome::Cancelled { .. } => OrderCancelled::KIND,
+            Outcome::DocumentReady { .. } => DocumentClassified::KIND,
+            Outcome::DocumentFailed { .. } => DocumentFailed::KIND,
+        }
+    }
+
+    /// The order or document it is about: one notification per subject and kind.
+    pub(crate) fn subject(&self) -> Uuid {
+        match self {
+            Outcome::Completed { order_id, .. } | Outcome::Cancelled { order_id, .. } => *order_id,
+            Outcome::DocumentReady { document_id, .. } | Outcome::DocumentFailed { document_id, .. } => *document_id,
         }
     }
 }
@@ -30,14 +73,26 @@ pub(crate) struct Text {
     pub body: String,
 }
 
-pub(crate) fn compose(order_id: Uuid, outcome: &Outcome) -> Text {
+pub(crate) fn compose(outcome: &Outcome) -> Text {
     match outcome {
-        Outcome::Completed { total } => {
+        Outcome::Completed { order_id, total } => {
             Text { title: "Order completed".into(), body: format!("Order {order_id} completed — total {total}.") }
         }
-        Outcome::Cancelled { reason } => Text {
+        Outcome::Cancelled { order_id, reason } => Text {
             title: "Order cancelled".into(),
             body: format!("Order {order_id} cancelled: {}.", clean_reason(reason)),
+        },
+        Outcome::DocumentReady { filename, label, confidence, .. } => Text {
+            title: "Your document is ready".into(),
+            body: format!(
+                "{} is ready: classified as {label} ({:.0}% confidence).",
+                clean_reason(filename),
+                confidence.clamp(0.0, 1.0) * 100.0
+            ),
+        },
+        Outcome::DocumentFailed { filename, reason, .. } => Text {
+            title: "Your document could not be read".into(),
+            body: format!("{} could not be processed: {}.", clean_reason(filename), clean_reason(reason)),
         },
     }
 }
@@ -79,41 +134,64 @@ mod tests {
         let order = Uuid::parse_str("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap();
         let cases = [
             (
-                Outcome::Completed { total: Money::new(3998, Currency::EUR) },
+                Outcome::Completed { order_id: order, total: Money::new(3998, Currency::EUR) },
                 "Order completed",
                 "Order 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b completed — total 39.98 EUR.",
             ),
             (
-                Outcome::Cancelled { reason: "out of stock".into() },
+                Outcome::Cancelled { order_id: order, reason: "out of stock".into() },
                 "Order cancelled",
                 "Order 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b cancelled: out of stock.",
             ),
             (
-                Outcome::Cancelled { reason: "payment declined.\r\n\tcard expired.".into() },
+                Outcome::Cancelled { order_id: order, reason: "payment declined.\r\n\tcard expired.".into() },
                 "Order cancelled",
                 "Order 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b cancelled: payment declined. card expired.",
             ),
             (
-                Outcome::Cancelled { reason: "  \n ".into() },
+                Outcome::Cancelled { order_id: order, reason: "  \n ".into() },
                 "Order cancelled",
                 "Order 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b cancelled: no reason given.",
             ),
+            (
+                Outcome::DocumentReady {
+                    document_id: order,
+                    filename: "scan.pdf".into(),
+                    label: "invoice".into(),
+                    confidence: 0.934,
+                },
+                "Your document is ready",
+                "scan.pdf is ready: classified as invoice (93% confidence).",
+            ),
+            (
+                Outcome::DocumentFailed {
+                    document_id: order,
+                    filename: "bomb\n.png".into(),
+                    reason: "the image is 100000×100000 pixels.".into(),
+                },
+                "Your document could not be read",
+                "bomb .png could not be processed: the image is 100000×100000 pixels.",
+            ),
         ];
         for (outcome, title, body) in cases {
-            let text = compose(order, &outcome);
+            let text = compose(&outcome);
             assert_eq!((text.title.as_str(), text.body.as_str()), (title, body), "{outcome:?}");
         }
     }
 
     #[test]
     fn long_reasons_are_cut() {
-        let text = compose(Uuid::nil(), &Outcome::Cancelled { reason: "x".repeat(1000) });
+        let text = compose(&Outcome::Cancelled { order_id: Uuid::nil(), reason: "x".repeat(1000) });
         assert!(text.body.ends_with("x….") && text.body.chars().count() < 400, "{}", text.body);
     }
 
     #[test]
     fn kinds_are_the_event_types() {
-        assert_eq!(Outcome::Completed { total: Money::zero(Currency::EUR) }.kind(), "order_completed");
-        assert_eq!(Outcome::Cancelled { reason: String::new() }.kind(), "order_cancelled");
+        let id = Uuid::nil();
+        assert_eq!(Outcome::Completed { order_id: id, total: Money::zero(Currency::EUR) }.kind(), "order_completed");
+        assert_eq!(Outcome::Cancelled { order_id: id, reason: String::new() }.kind(), "order_cancelled");
+        let ready =
+            Outcome::DocumentReady { document_id: id, filename: String::new(), label: String::new(), confidence: 1.0 };
+        assert_eq!(ready.kind(), "document_classified");
     }
 }

@@ -22,8 +22,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use weir_contracts::{
-    Currency, Money, NotificationPreferencesChanged, OrderCancelled, OrderCompleted, OrderCreated, Preferences,
-    UserRegistered, topics,
+    Currency, DocumentClassified, DocumentFailed, Money, NotificationPreferencesChanged, OrderCancelled,
+    OrderCompleted, OrderCreated, Preferences, UserRegistered, topics,
 };
 use weir_core::{Kernel, RouterOptions, store::outbox::Outbox};
 use weir_notifications::{Config, DeliveryPolicy, Service, SmtpConfig};
@@ -394,6 +394,57 @@ async fn a_completed_order_is_notified_in_app_and_by_email() {
     assert!(items[0]["read_at"].is_string(), "{items:?}");
     // Someone else sees none of it.
     assert_eq!(app.items(Uuid::now_v7()).await.len(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ready_document_is_notified_once_with_its_label_and_a_failed_one_with_its_reason() {
+    let (app, _smtp) = App::with_smtp().await;
+    let ada = app.register("ada@example.com", both()).await;
+    let (ready, failed) = (Uuid::now_v7(), Uuid::now_v7());
+    let classified = DocumentClassified {
+        document_id: ready,
+        user_id: ada,
+        filename: "march.pdf".into(),
+        label: "invoice".into(),
+        confidence: 0.97,
+        model_version: "m1".into(),
+    };
+    // Delivered twice (a lost ack): still one notification.
+    app.world.publish("classification", &classified).await;
+    app.world.publish("classification", &classified).await;
+    let failure = DocumentFailed {
+        document_id: failed,
+        user_id: ada,
+        filename: "bomb.png".into(),
+        stage: "processing".into(),
+        reason: "the image is 100000×100000 pixels, more than the 40 megapixel limit".into(),
+    };
+    app.world.publish("processing", &failure).await;
+
+    let items = app.wait_for_items(ada, 2).await;
+    let mails = app.wait_for_mail_to("ada@example.com", 2).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    let (n_failed, n_ready) = (&items[0], &items[1]);
+    assert_eq!(n_ready["document_id"], ready.to_string());
+    assert!(n_ready.get("order_id").is_none(), "{n_ready}");
+    assert_eq!(n_ready["kind"], "document_classified");
+    assert_eq!(n_ready["title"], "Your document is ready");
+    assert_eq!(n_ready["body"], "march.pdf is ready: classified as invoice (97% confidence).");
+    assert_eq!(n_failed["document_id"], failed.to_string());
+    assert_eq!(n_failed["kind"], "document_failed");
+    assert!(n_failed["body"].as_str().unwrap().contains("more than the 40 megapixel limit"), "{n_failed}");
+    let mut subjects: Vec<_> = mails.iter().map(|m| m.subject.as_str()).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["Your document could not be read", "Your document is ready"]);
+
+    // `doc.classified` carries one kind only, so no same-key barrier exists here; exactly-once
+    // per (subject, kind) is proven with a barrier for orders above. A restated classification
+    // (another label, same document) is not a second outcome either.
+    app.world.publish("classification", &DocumentClassified { label: "receipt".into(), ..classified }).await;
+    app.cancel(Uuid::now_v7(), ada, "a later outcome").await;
+    let items = app.wait_for_items(ada, 3).await;
+    assert_eq!(items.iter().filter(|i| i["document_id"] == ready.to_string()).count(), 1, "{items:?}");
     app.stop().await;
 }
 
