@@ -25,7 +25,24 @@ pub struct Keys {
     pub tokens: Vec<u8>,
     /// Key that seals personal data (emails) in events.
     pub pii: [u8; 32],
+    /// The token gRPC callers of the classification service present (hex).
+    pub grpc_token: String,
 }
+
+/// The classification service's token of the data directory at `root`, for clients such as
+/// `weir classify` (no lock: a running `weir up` holds it).
+pub fn read_grpc_token(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("keys").join(GRPC_KEY);
+    let key = fs::read(&path).with_context(|| {
+        format!(
+            "cannot read the service token {}: start `weir up` on this data directory first, or pass --token",
+            path.display()
+        )
+    })?;
+    Ok(hex::encode(key))
+}
+
+const GRPC_KEY: &str = "grpc.key";
 
 impl DataDir {
     /// Creates `root` if needed (mode 0700) and locks it.
@@ -56,11 +73,27 @@ impl DataDir {
     }
 
     /// Loads the keys, generating any that are missing.
+    /// The directory `name` inside, created if needed.
+    pub fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.path(name);
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The blob store: a local directory (`blobs/`), created if needed.
+    pub fn blobs(&self) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
+        let root = self.dir("blobs")?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .with_context(|| format!("cannot use {} for blobs", root.display()))?;
+        Ok(std::sync::Arc::new(store))
+    }
+
     pub fn keys(&self) -> anyhow::Result<Keys> {
         let events = self.key("events.key", 32)?;
         let tokens = self.key("tokens.key", 32)?;
         let pii = self.key("pii.key", 32)?;
-        Ok(Keys { events, tokens, pii: pii.try_into().expect("a 32-byte key") })
+        let grpc_token = hex::encode(self.key(GRPC_KEY, 32)?);
+        Ok(Keys { events, tokens, pii: pii.try_into().expect("a 32-byte key"), grpc_token })
     }
 
     fn key(&self, name: &str, len: usize) -> anyhow::Result<Vec<u8>> {

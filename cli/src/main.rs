@@ -2,8 +2,13 @@
 //! process on the embedded default; `weir bench` measures.
 
 mod bench;
+mod classifier;
+mod classify;
 mod data_dir;
+mod samples;
 mod up;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -24,12 +29,40 @@ enum Command {
         #[command(subcommand)]
         scenario: bench::Scenario,
     },
+    /// Write example documents to upload: a PDF invoice, a scanned contract, a receipt image.
+    Samples(samples::SamplesArgs),
+    /// Classify text with the running classification service (a gRPC client).
+    Classify(classify::ClassifyArgs),
+    /// Train, evaluate and regenerate the corpus of the document classifier.
+    Classifier {
+        #[command(subcommand)]
+        command: classifier::Command,
+    },
+    /// Parts of `weir up` that run as their own processes.
+    #[command(hide = true, subcommand)]
+    Internal(Internal),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum Internal {
+    /// One document's OCR, text extraction and thumbnail, isolated from `weir up` (a request as
+    /// JSON on stdin, reports on stdout).
+    ProcessDocument,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Up(args) => up::run(args).await,
-        Command::Bench { scenario } => bench::run(scenario).await,
+        // No async runtime: the worker is one blocking job in its own process.
+        Command::Internal(Internal::ProcessDocument) => Ok(weir_processing::worker::main()),
+        Command::Up(args) => block_on(up::run(args)),
+        Command::Bench { scenario } => block_on(bench::run(scenario)),
+        Command::Classify(args) => block_on(classify::run(args)),
+        Command::Samples(args) => samples::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Classifier { command } => classifier::run(command).map(|()| ExitCode::SUCCESS),
     }
+}
+
+fn block_on(job: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Runtime::new()?.block_on(job)?;
+    Ok(ExitCode::SUCCESS)
 }

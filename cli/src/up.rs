@@ -1,6 +1,9 @@
-//! `weir up`: every service of the order pipeline in one process on the embedded default —
-//! a SQLite log for the bus, one SQLite database per service, keys generated on first run —
-//! behind one HTTP listener. Ctrl-C drains and stops; a restart continues where it stopped.
+//! `weir up`: every service of both systems — the order pipeline and the Document Intelligence
+//! Platform — in one process on the embedded default: a SQLite log for the bus, one SQLite
+//! database per service, blobs in a local directory, keys (and a first classifier model)
+//! generated on first run; one HTTP listener and one gRPC listener. OCR runs in separate,
+//! niced worker processes (this same binary, `weir internal process-document`). Ctrl-C drains
+//! and stops; a restart continues where it stopped.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -59,6 +62,16 @@ pub struct UpArgs {
     /// Requests per second each user may make (with a burst of twice as many).
     #[arg(long, env = "WEIR_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
+    /// ClamAV daemon (host:port, TCP) that scans every upload besides the built-in EICAR check;
+    /// without it only the built-in check runs.
+    #[arg(long, env = "WEIR_CLAMD")]
+    pub clamd: Option<SocketAddr>,
+    /// Address of the classification service's gRPC API (health and reflection included).
+    #[arg(long, env = "WEIR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// OCR worker processes at once (default: one per core).
+    #[arg(long, env = "WEIR_OCR_WORKERS")]
+    pub ocr_workers: Option<usize>,
     /// Fault injection for drills and tests: deliver every message twice, as a broker does when
     /// an ack is lost. Nothing may happen twice.
     #[arg(long, env = "WEIR_FAULT_DUPLICATE_DELIVERIES", hide = true)]
@@ -157,6 +170,39 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The Document Intelligence Platform: blobs in a local directory, OCR in worker processes.
+    let blobs = data.blobs()?;
+    let documents = weir_documents::Service::build(
+        kernel("documents").await?,
+        blobs.clone(),
+        weir_documents::Config { clamd: args.clamd, ..weir_documents::Config::new(data.dir("spool")?) },
+    )
+    .await?;
+    let worker = weir_processing::WorkerCommand::new(
+        std::env::current_exe().context("cannot find the weir binary to start OCR workers")?,
+        ["internal", "process-document"],
+    );
+    let mut processing_config =
+        weir_processing::Config { work_dir: data.dir("work")?, ..weir_processing::Config::new(worker) };
+    if let Some(workers) = args.ocr_workers {
+        processing_config.workers = workers.max(1);
+    }
+    let processing = weir_processing::Service::build(kernel("processing").await?, blobs, processing_config).await?;
+    let model_path = data.path("classifier/model.json");
+    crate::classifier::ensure_model(&model_path)?;
+    let classification = weir_classification::Service::build(
+        kernel("classification").await?,
+        weir_classification::Config {
+            model_path,
+            service_token: keys.grpc_token.clone(),
+            router: RouterOptions::default(),
+        },
+    )
+    .await?;
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen).await.with_context(|| {
+        format!("cannot listen on {} for gRPC: choose another address with --grpc-listen", args.grpc_listen)
+    })?;
+    let grpc_url = format!("http://{}", grpc_listener.local_addr()?);
     let smtp = args.smtp.as_deref().map(|s| smtp_config(s, &args.smtp_from)).transpose()?;
     let notifications = weir_notifications::Service::build(
         kernel("notifications").await?,
@@ -171,6 +217,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .routes(users.routes())
     .routes(inventory.routes())
     .routes(orders.routes())
+    .routes(documents.routes())
     .routes(notifications.routes());
     for (name, db) in databases {
         app = app.readiness(format!("{name} database"), move || {
@@ -186,7 +233,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", listener.local_addr()?);
     info!(%url, data_dir = %data.root().display(), "weir is up");
     eprintln!(
-        "\n  Weir is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n  Metrics:  {url}/metrics\n  Payment gateway (simulated): {gateway_url}\n  Data:     {}\n  Press Ctrl-C to stop.\n",
+        "\n  Weir is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n  Metrics:  {url}/metrics\n  gRPC:     {grpc_url}  (classification; try `weir classify 'some text'`)\n  Payment gateway (simulated): {gateway_url}\n  Data:     {}\n  Press Ctrl-C to stop.\n",
         data.root().display()
     );
 
@@ -198,6 +245,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tasks.spawn(named("payments", payments.run(shutdown.clone())));
     tasks.spawn(named("saga", saga.run(shutdown.clone())));
     tasks.spawn(named("notifications", notifications.run(shutdown.clone())));
+    tasks.spawn(named("documents", documents.run(shutdown.clone())));
+    tasks.spawn(named("processing", processing.run(shutdown.clone())));
+    tasks.spawn(named("classification gRPC", classification.serve_grpc(grpc_listener, shutdown.clone())));
+    tasks.spawn(named("classification", classification.run(shutdown.clone())));
     let http_stop = shutdown.clone();
     tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
 

@@ -1,6 +1,7 @@
 //! `weir bench`: throughput and latency of the platform with durable settings, printed as tables.
 
 mod bus;
+mod documents;
 mod orders;
 
 use std::time::Duration;
@@ -17,12 +18,17 @@ pub enum Scenario {
     /// Load a running `weir up`: register users, place orders at a set concurrency for a set
     /// time, wait for every order to finish, and report throughput, latency and memory.
     Orders(orders::OrdersArgs),
+    /// The Tuesday test: flood document processing with multi-page scans while probing
+    /// `GET /v1/documents` and `POST /v1/orders`; report their latency, pages/s through the
+    /// pipeline and raw `tesseract` pages/s on the same pages.
+    Documents(documents::DocumentsArgs),
 }
 
 pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
         Scenario::Bus(args) => bus::run(args).await,
         Scenario::Orders(args) => orders::run(args).await,
+        Scenario::Documents(args) => documents::run(args).await,
     }
 }
 

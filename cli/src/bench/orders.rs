@@ -177,7 +177,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn register_users(http: &reqwest::Client, base: &str, users: usize) -> anyhow::Result<Vec<String>> {
+pub(super) async fn register_users(http: &reqwest::Client, base: &str, users: usize) -> anyhow::Result<Vec<String>> {
     let bar = progress(users as u64, "registering users");
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let password = "bench-password-1234";
@@ -200,7 +200,7 @@ async fn register_users(http: &reqwest::Client, base: &str, users: usize) -> any
 }
 
 /// Products with ample stock, so the benchmark measures completions, not sell-outs.
-async fn plentiful_products(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
+pub(super) async fn plentiful_products(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
     let body: Value = http.get(format!("{base}/v1/products")).send().await?.json().await?;
     let products: Vec<String> = body["items"]
         .as_array()
@@ -214,7 +214,7 @@ async fn plentiful_products(http: &reqwest::Client, base: &str) -> anyhow::Resul
 }
 
 /// Places one order; the error is a short label for the error table.
-async fn place(http: &reqwest::Client, base: &str, token: &str, product: &str) -> Result<String, String> {
+pub(super) async fn place(http: &reqwest::Client, base: &str, token: &str, product: &str) -> Result<String, String> {
     let response = http
         .post(format!("{base}/v1/orders"))
         .bearer_auth(token)
@@ -291,13 +291,13 @@ async fn wait_for_outcomes(
     Ok(outcomes)
 }
 
-fn timestamp(value: &Value) -> anyhow::Result<DateTime<Utc>> {
+pub(super) fn timestamp(value: &Value) -> anyhow::Result<DateTime<Utc>> {
     let text = value.as_str().context("an order view without a timestamp")?;
     Ok(DateTime::parse_from_rfc3339(text).with_context(|| format!("bad timestamp {text:?}"))?.with_timezone(&Utc))
 }
 
 /// The server's resident memory, from its `/metrics`.
-async fn rss(http: &reqwest::Client, base: &str) -> Option<u64> {
+pub(super) async fn rss(http: &reqwest::Client, base: &str) -> Option<u64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines()
         .find(|l| l.starts_with("process_resident_memory_bytes"))

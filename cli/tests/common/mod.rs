@@ -19,10 +19,18 @@ pub struct Weir {
     pub child: Child,
     pub url: String,
     pub gateway: String,
+    /// The classification service's gRPC endpoint.
+    pub grpc: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
     log_filter: String,
+}
+
+struct Ports {
+    http: u16,
+    gateway: u16,
+    grpc: u16,
 }
 
 pub fn free_port() -> u16 {
@@ -37,12 +45,13 @@ impl Weir {
 
     /// Like [`start`](Self::start) with a log filter (`WEIR_LOG`).
     pub async fn start_logged(data_dir: &Path, extra: &[&str], log_filter: &str) -> Self {
-        let (port, gateway_port) = (free_port(), free_port());
+        let ports = Ports { http: free_port(), gateway: free_port(), grpc: free_port() };
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(data_dir, port, gateway_port, args, log_filter.to_owned()).await
+        Self::spawn(data_dir, ports, args, log_filter.to_owned()).await
     }
 
-    async fn spawn(data_dir: &Path, port: u16, gateway_port: u16, args: Vec<String>, log_filter: String) -> Self {
+    async fn spawn(data_dir: &Path, ports: Ports, args: Vec<String>, log_filter: String) -> Self {
+        let Ports { http: port, gateway: gateway_port, grpc: grpc_port } = ports;
         let log = data_dir.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -51,6 +60,7 @@ impl Weir {
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--payment-gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             .args(["--log-format", "json"])
             .args(&args)
             .env("WEIR_LOG", &log_filter)
@@ -62,6 +72,7 @@ impl Weir {
             child,
             url: format!("http://127.0.0.1:{port}"),
             gateway: format!("http://127.0.0.1:{gateway_port}"),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
             data_dir: data_dir.to_path_buf(),
             log,
             args,
@@ -99,9 +110,9 @@ impl Weir {
 
     /// Starts the same configuration again on the same data dir and ports.
     pub async fn restart(&self) -> Self {
-        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
-        let gateway_port = self.gateway.rsplit(':').next().unwrap().parse().unwrap();
-        Self::spawn(&self.data_dir, port, gateway_port, self.args.clone(), self.log_filter.clone()).await
+        let port = |url: &str| url.rsplit(':').next().unwrap().parse().unwrap();
+        let ports = Ports { http: port(&self.url), gateway: port(&self.gateway), grpc: port(&self.grpc) };
+        Self::spawn(&self.data_dir, ports, self.args.clone(), self.log_filter.clone()).await
     }
 
     /// SIGINT (Ctrl-C) and waits for a clean exit.
@@ -255,6 +266,47 @@ impl Client {
                 return all;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Client {
+    /// `POST /v1/documents` with one `file` part.
+    pub async fn upload_raw(&self, token: &str, filename: &str, bytes: Vec<u8>) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned());
+        self.http
+            .post(format!("{}/v1/documents", self.url))
+            .bearer_auth(token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads a document and returns its id.
+    pub async fn upload(&self, user: &User, filename: &str, bytes: Vec<u8>) -> String {
+        let response = self.upload_raw(&user.token, filename, bytes).await;
+        assert_eq!(response.status(), 202, "upload {filename}: {}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "UPLOADED", "{body}");
+        body["document_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn document(&self, token: &str, id: &str, part: &str) -> reqwest::Response {
+        self.http.get(format!("{}/v1/documents/{id}{part}", self.url)).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// Polls until the document is CLASSIFIED or FAILED; returns its view. OCR is slow, so the
+    /// patience is longer than for orders.
+    pub async fn wait_for_document(&self, token: &str, id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE * 3;
+        loop {
+            let view: Value = self.document(token, id, "").await.json().await.unwrap();
+            if view["status"] == "CLASSIFIED" || view["status"] == "FAILED" {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "document {id} still {} after {:?}", view["status"], PATIENCE * 3);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
