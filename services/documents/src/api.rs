@@ -132,7 +132,7 @@ pub struct DocumentView {
     /// The class, once `CLASSIFIED`: `invoice`, `receipt`, `contract`, ...
     pub label: Option<String>,
     /// The classifier's probability for `label`, 0 to 1.
-    pub confidence: Option<f64>,
+    pub confidence: Option<f32>,
     /// The model that decided.
     pub model_version: Option<String>,
     /// The start of the text, once processed; the whole text is at `/v1/documents/{id}/text`.
@@ -162,7 +162,8 @@ impl From<Document> for DocumentView {
             sha256: d.sha256,
             status: d.status,
             label: d.label,
-            confidence: d.confidence,
+            // The classifier's own precision (f32): 0.97, not 0.9703015685081482.
+            confidence: d.confidence.map(|c| c as f32),
             model_version: d.model_version,
             excerpt: d.excerpt,
             text_chars: d.text_chars,
@@ -184,7 +185,7 @@ pub struct DocumentSummary {
     pub size_bytes: u64,
     pub status: Status,
     pub label: Option<String>,
-    pub confidence: Option<f64>,
+    pub confidence: Option<f32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -198,7 +199,7 @@ impl From<Document> for DocumentSummary {
             size_bytes: d.size_bytes,
             status: d.status,
             label: d.label,
-            confidence: d.confidence,
+            confidence: d.confidence.map(|c| c as f32),
             created_at: time(d.created_at),
             updated_at: time(d.updated_at),
         }
