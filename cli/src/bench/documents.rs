@@ -331,7 +331,8 @@ async fn classifications_per_second(url: &str, data_dir: &std::path::Path) -> an
     let started = Instant::now();
     let mut classified = 0usize;
     while started.elapsed() < Duration::from_secs(5) {
-        let batch = texts.iter().map(|t| weir_classification::proto::ClassifyRequest { text: t.clone(), document_id: None });
+        let batch =
+            texts.iter().map(|t| weir_classification::proto::ClassifyRequest { text: t.clone(), document_id: None });
         let answer = classifier.classify_batch(futures::stream::iter(batch.collect::<Vec<_>>())).await?;
         classified += answer.into_inner().results.len();
     }
