@@ -10,12 +10,7 @@
 //! effect, it uses a barrier: a later event about the same document on the same topic (handled
 //! strictly after, since the router keeps per-key order) that does have a visible effect.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -27,10 +22,7 @@ use reqwest::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use weir_contracts::{
@@ -890,65 +882,96 @@ async fn the_whole_flow_runs_on_postgresql() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// clamd. ClamAV is not installed here, so these tests run against a stand-in that speaks
-// clamd's INSTREAM protocol and flags files containing a marker.
+// clamd: a real ClamAV daemon (Debian's clamav-daemon), started by the test on a loopback port
+// with a signature database of its own: the MD5 signature (`sigtool --md5`) of one file.
 
-const MARKER: &[u8] = b"WEIR-TEST-MALWARE-MARKER";
+/// A running `clamd`; killed when dropped.
+struct Clamd {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
 
-/// A clamd stand-in on a loopback port; returns its address and the sizes of the streams it
-/// scanned.
-async fn fake_clamd() -> (SocketAddr, Arc<Mutex<Vec<usize>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let scanned = Arc::new(Mutex::new(Vec::new()));
-    let seen = scanned.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut command = [0u8; 10];
-                conn.read_exact(&mut command).await.unwrap();
-                if &command != b"zINSTREAM\0" {
-                    conn.write_all(b"UNKNOWN COMMAND\0").await.unwrap();
-                    return;
-                }
-                let mut data = Vec::new();
-                loop {
-                    let mut len = [0u8; 4];
-                    conn.read_exact(&mut len).await.unwrap();
-                    let len = u32::from_be_bytes(len) as usize;
-                    if len == 0 {
-                        break;
-                    }
-                    let start = data.len();
-                    data.resize(start + len, 0);
-                    conn.read_exact(&mut data[start..]).await.unwrap();
-                }
-                seen.lock().unwrap().push(data.len());
-                let infected = data.windows(MARKER.len()).any(|w| w == MARKER);
-                let reply: &[u8] = if infected { b"stream: Weir-Test-Marker FOUND\0" } else { b"stream: OK\0" };
-                conn.write_all(reply).await.unwrap();
+impl Clamd {
+    /// Starts clamd with one signature: the whole of `infected`, named `signature`.
+    async fn start(infected: &[u8], signature: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        let digest = format!("{:x}", md5_of(infected));
+        std::fs::write(db.join("weir-test.hdb"), format!("{digest}:{}:{signature}\n", infected.len())).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("clamd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "Foreground yes\nDatabaseDirectory {}\nTCPSocket {port}\nTCPAddr 127.0.0.1\nStreamMaxLength 60M\n\
+                 LogFile {}\n",
+                db.display(),
+                dir.path().join("clamd.log").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("clamd")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs ClamAV's clamd ({e}): install it with `apt-get install clamav-daemon` \
+                     (scripts/deps does), then rerun"
+                )
             });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let clamd = Self { child, addr, _dir: dir };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "clamd did not listen on {addr} within {PATIENCE:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
-    (addr, scanned)
+        clamd
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// MD5, as ClamAV's hash signatures use it (`md5sum` from coreutils computes it here).
+fn md5_of(bytes: &[u8]) -> u128 {
+    use std::io::Write;
+    let mut md5 = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils)");
+    md5.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = md5.wait_with_output().unwrap();
+    u128::from_str_radix(String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap(), 16).unwrap()
 }
 
 #[tokio::test]
 async fn clamd_scans_every_upload_and_its_verdict_is_final() {
-    let (clamd, scanned) = fake_clamd().await;
-    let app = App::start_with(Store::Sqlite, Some(clamd)).await;
-    let user = Uuid::now_v7();
     let mut infected = pdf("innocent-looking");
-    infected.extend_from_slice(MARKER);
+    infected.extend_from_slice(b"WEIR-TEST-MALWARE");
+    let clamd = Clamd::start(&infected, "Weir-Test-Malware").await;
+    let app = App::start_with(Store::Sqlite, Some(clamd.addr)).await;
+    let user = Uuid::now_v7();
+    // The signature is the whole file's hash: clamd finds it only if it got every byte.
     let (status, body) = app.upload(user, "innocent.pdf", infected.clone()).await;
-    assert_problem(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "virus found: Weir-Test-Marker", "clamd FOUND");
+    assert_problem(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "virus found: Weir-Test-Malware", "clamd FOUND");
     app.assert_nothing_written(user, "clamd FOUND").await;
-    assert_eq!(*scanned.lock().unwrap(), vec![infected.len()], "clamd got the whole file");
 
-    let clean = png(5);
-    app.accepted(user, "clean.png", clean.clone()).await;
-    assert_eq!(*scanned.lock().unwrap(), vec![infected.len(), clean.len()]);
+    app.accepted(user, "clean.png", png(5)).await;
+    // One byte different is another file.
+    let mut changed = infected.clone();
+    changed.push(b'\n');
+    app.accepted(user, "changed.pdf", changed).await;
     // The built-in EICAR scan still runs first.
     let (status, body) = app.upload(user, "eicar.com", EICAR.to_vec()).await;
     assert_problem(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "Eicar-Test-Signature", "EICAR with clamd");
