@@ -1,9 +1,9 @@
 //! `weir up`: every service of both systems — the order pipeline and the Document Intelligence
 //! Platform — in one process on the embedded default: a SQLite log for the bus, one SQLite
 //! database per service, blobs in a local directory, keys (and a first classifier model)
-//! generated on first run; one HTTP listener and one gRPC listener. OCR runs in separate,
-//! niced worker processes (this same binary, `weir internal process-document`). Ctrl-C drains
-//! and stops; a restart continues where it stopped.
+//! generated on first run; one HTTP listener and one gRPC listener. OCR runs in separate
+//! low-priority (SCHED_IDLE) worker processes — this same binary, `weir internal
+//! process-document`. Ctrl-C drains and stops; a restart continues where it stopped.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
