@@ -329,12 +329,14 @@ async fn report_memory(shutdown: CancellationToken) -> anyhow::Result<()> {
 async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler installs");
-        tokio::select! {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGTERM; stop with Ctrl-C");
+            let _ = interrupt.await;
         }
     }
     #[cfg(not(unix))]

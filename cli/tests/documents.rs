@@ -6,15 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{Weir, assert_problem};
+use common::{Weir, assert_problem, data_dir};
 use serde_json::Value;
 use weir_samples::{DocClass, generate, render};
-
-fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    (dir, data)
-}
 
 fn weir_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weir"))

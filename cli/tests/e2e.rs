@@ -4,14 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Weir, assert_problem};
+use common::{Weir, assert_problem, data_dir};
 use serde_json::{Value, json};
-
-fn data_dir() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    (dir, data)
-}
 
 /// The product with the least stock (the demo catalog has one with a handful of units).
 async fn scarce_product(client: &common::Client) -> Value {

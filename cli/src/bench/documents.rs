@@ -240,32 +240,28 @@ async fn wait_for_documents(
     Ok(outcomes)
 }
 
-#[derive(Default)]
-struct ProbeTally {
-    list: Option<Histogram<u64>>,
-    order: Option<Histogram<u64>>,
-    errors: u64,
-}
-
+/// What the probes measured, and their failures.
 struct ProbeResult {
     list: Histogram<u64>,
     order: Histogram<u64>,
     errors: u64,
 }
 
+impl ProbeResult {
+    fn new() -> Self {
+        Self { list: latency_histogram(), order: latency_histogram(), errors: 0 }
+    }
+}
+
 /// Two paced probes: one lists documents, one places an order.
 struct Probes {
-    tally: Arc<Mutex<ProbeTally>>,
+    tally: Arc<Mutex<ProbeResult>>,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl Probes {
     fn start(http: &reqwest::Client, base: &str, token: &str, product: &str, rate: u64) -> Self {
-        let tally = Arc::new(Mutex::new(ProbeTally {
-            list: Some(latency_histogram()),
-            order: Some(latency_histogram()),
-            errors: 0,
-        }));
+        let tally = Arc::new(Mutex::new(ProbeResult::new()));
         let mut tasks = tokio::task::JoinSet::new();
         let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
         for is_order in [false, true] {
@@ -295,8 +291,10 @@ impl Probes {
                     let mut tally = tally.lock().expect("not poisoned");
                     if !ok {
                         tally.errors += 1;
-                    } else if let Some(h) = if is_order { tally.order.as_mut() } else { tally.list.as_mut() } {
-                        h.saturating_record(micros);
+                    } else if is_order {
+                        tally.order.saturating_record(micros);
+                    } else {
+                        tally.list.saturating_record(micros);
                     }
                 }
             });
@@ -306,14 +304,7 @@ impl Probes {
 
     /// What was measured so far; the probes go on from empty histograms.
     fn take(&self) -> ProbeResult {
-        let mut tally = self.tally.lock().expect("not poisoned");
-        let result = ProbeResult {
-            list: tally.list.replace(latency_histogram()).unwrap_or_else(latency_histogram),
-            order: tally.order.replace(latency_histogram()).unwrap_or_else(latency_histogram),
-            errors: tally.errors,
-        };
-        tally.errors = 0;
-        result
+        std::mem::replace(&mut *self.tally.lock().expect("not poisoned"), ProbeResult::new())
     }
 
     async fn stop(mut self) -> ProbeResult {

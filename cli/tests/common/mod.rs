@@ -33,6 +33,13 @@ struct Ports {
     grpc: u16,
 }
 
+/// A temporary directory and the (not yet created) data directory inside it.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
