@@ -145,7 +145,7 @@ async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
             reqwest::get(format!("{}/v1/ledger?by_key=true", weir.gateway)).await.unwrap().json().await.unwrap();
         let by_key = ledger["by_key"].as_object().unwrap_or_else(|| panic!("no by_key in the ledger: {ledger}"));
         let succeeded = |key: String| by_key.get(&key).is_some_and(|k| k["status"] == 201);
-        let mut settled = true;
+        let mut unsettled = Vec::new();
         for order in &placed {
             let id = &order.order_id;
             let keys_for_order = by_key.keys().filter(|k| k.contains(id.as_str())).count();
@@ -155,14 +155,19 @@ async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
                 "COMPLETED" => {
                     assert!(charged && !refunded, "completed order {id}: charged {charged}, refunded {refunded}")
                 }
-                _ => settled &= charged == refunded,
+                _ if charged != refunded => unsettled.push(id.as_str()),
+                _ => {}
             }
         }
-        if settled {
+        if unsettled.is_empty() {
             assert!(ledger["charged_total"].as_i64().unwrap() >= ledger["refunded_total"].as_i64().unwrap());
             break;
         }
-        assert!(Instant::now() < deadline, "cancelled orders left charged: {ledger}");
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(&weir.log).unwrap_or_default();
+            let story: Vec<&str> = log.lines().filter(|l| l.contains(unsettled[0])).collect();
+            panic!("cancelled orders left charged: {unsettled:?}; the log of the first:\n{}", story.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

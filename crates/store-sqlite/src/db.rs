@@ -21,7 +21,11 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex as StdMutex, mpsc},
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -52,6 +56,8 @@ struct Shared {
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher thread; it exits when the last sender is dropped.
     wake: mpsc::Sender<()>,
+    /// Set while a wake-up is queued for the flusher, so a burst of commits sends one.
+    wake_pending: Arc<AtomicBool>,
     readers: StdMutex<Vec<Connection>>,
     sql_cache: StdMutex<HashMap<String, Arc<str>>>,
 }
@@ -96,16 +102,18 @@ impl SqliteDatabase {
             .map_err(map_err)?;
         let writer = Arc::new(Mutex::new(Writer { conn, in_transaction: false, waiters: Vec::new() }));
         let (wake, woken) = mpsc::channel();
-        let flusher_writer = writer.clone();
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let (flusher_writer, flusher_pending) = (writer.clone(), wake_pending.clone());
         std::thread::Builder::new()
             .name("weir-sqlite-flush".into())
-            .spawn(move || flusher(flusher_writer, woken))
+            .spawn(move || flusher(flusher_writer, woken, flusher_pending))
             .map_err(|e| Error::Unavailable(format!("cannot start the flusher thread: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
                 writer,
                 wake,
+                wake_pending,
                 readers: StdMutex::new(Vec::new()),
                 sql_cache: StdMutex::new(HashMap::new()),
             }),
@@ -151,10 +159,11 @@ impl Shared {
 }
 
 /// The flusher: one physical `COMMIT` per wake-up, for every transaction that committed before it.
-fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>) {
+fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>, pending: Arc<AtomicBool>) {
     while woken.recv().is_ok() {
-        // Wake-ups that arrived meanwhile belong to waiters this round will answer.
-        while woken.try_recv().is_ok() {}
+        // Cleared before taking the lock: a waiter registered after this point either joins
+        // this round or sends a new wake-up.
+        pending.store(false, Ordering::Release);
         // FIFO: this queues behind transactions already waiting for the writer, so they join
         // the batch.
         let mut w = writer.blocking_lock();
@@ -163,7 +172,7 @@ fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>) {
             continue;
         }
         let outcome = if w.in_transaction {
-            let result = w.conn.execute_batch("COMMIT");
+            let result = control(&w.conn, "COMMIT");
             if result.is_err() && !w.conn.is_autocommit() {
                 // Leave no half-open transaction behind; the writes of this batch are lost.
                 let _ = w.conn.execute_batch("ROLLBACK");
@@ -214,6 +223,13 @@ fn deferred_foreign_key_violations(conn: &Connection) -> i32 {
     if rc == rusqlite::ffi::SQLITE_OK { current } else { 0 }
 }
 
+/// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, `RELEASE`, `COMMIT`, …) from the
+/// statement cache: every logical transaction runs several, and parsing them anew each time
+/// showed in profiles.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn run_execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(sql)?;
     if stmt.column_count() == 0 {
@@ -252,30 +268,26 @@ impl Database for SqliteDatabase {
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let mut guard = self.shared.writer.clone().lock_owned().await;
         if !guard.in_transaction {
-            guard.conn.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+            control(&guard.conn, "BEGIN IMMEDIATE").map_err(map_err)?;
             guard.in_transaction = true;
         }
-        if let Err(e) = guard.conn.execute_batch("SAVEPOINT weir_tx") {
+        if let Err(e) = control(&guard.conn, "SAVEPOINT weir_tx") {
             guard.physical_transaction_lost();
             return Err(map_err(e));
         }
         Ok(Box::new(SqliteTransaction { guard: Some(guard), shared: self.shared.clone(), broken: false }))
     }
 
-    /// Runs on a pooled read-only connection on a blocking thread; sees only committed data
-    /// (WAL snapshot), never a batch that is still waiting for its `COMMIT`.
+    /// Runs on a pooled read-only connection, inline: a WAL reader never waits for the writer,
+    /// and the indexed reads services make take microseconds, far less than the two thread
+    /// switches a hop to a blocking thread costs. Sees only committed data (WAL snapshot),
+    /// never a batch that is still waiting for its `COMMIT`.
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let shared = self.shared.clone();
         let sql = self.shared.rewrite(sql);
-        let params = params.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let conn = shared.reader()?;
-            let result = run_query(&conn, &sql, &params).map_err(map_err);
-            shared.return_reader(conn);
-            result
-        })
-        .await
-        .map_err(|e| Error::Other(format!("query task failed: {e}")))?
+        let conn = self.shared.reader()?;
+        let result = run_query(&conn, &sql, params).map_err(map_err);
+        self.shared.return_reader(conn);
+        result
     }
 }
 
@@ -336,14 +348,16 @@ impl Transaction for SqliteTransaction {
         if violations > 0 {
             return Err(Error::Other(format!("FOREIGN KEY constraint failed ({violations} deferred violations)")));
         }
-        self.run(|conn| conn.execute_batch("RELEASE weir_tx"))?;
+        self.run(|conn| control(conn, "RELEASE weir_tx"))?;
         let (tx, rx) = oneshot::channel();
         let Some(mut writer) = self.guard.take() else {
             return Err(Error::Other("the transaction is finished".into()));
         };
         writer.waiters.push(tx);
         drop(writer);
-        self.shared.wake.send(()).map_err(|_| Error::Unavailable("the flusher has stopped".into()))?;
+        if !self.shared.wake_pending.swap(true, Ordering::AcqRel) {
+            self.shared.wake.send(()).map_err(|_| Error::Unavailable("the flusher has stopped".into()))?;
+        }
         rx.await.map_err(|_| Error::Unavailable("the flusher stopped before committing".into()))?
     }
 }
@@ -356,8 +370,12 @@ impl Drop for SqliteTransaction {
         }
         // With no batch-mate waiting, end the physical transaction so that other processes are
         // not kept from writing; otherwise undo only this transaction's savepoint.
-        let sql = if writer.waiters.is_empty() { "ROLLBACK" } else { "ROLLBACK TO weir_tx; RELEASE weir_tx" };
-        match writer.conn.execute_batch(sql) {
+        let undone = if writer.waiters.is_empty() {
+            control(&writer.conn, "ROLLBACK")
+        } else {
+            control(&writer.conn, "ROLLBACK TO weir_tx").and_then(|()| control(&writer.conn, "RELEASE weir_tx"))
+        };
+        match undone {
             Ok(()) if writer.waiters.is_empty() => writer.in_transaction = false,
             Ok(()) => {}
             Err(e) => {

@@ -47,6 +47,7 @@ impl World {
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let options = RouterOptions {
             concurrency: 8,
+            batch: 8,
             attempt_timeout: Duration::from_secs(5),
             retry: RetryPolicy {
                 immediate_attempts: 2,
@@ -405,6 +406,101 @@ pub async fn prepare_runs_before_the_transaction_and_feeds_the_handler(backend: 
     assert_eq!(effects, vec![("prepared".to_owned(), 0), (receipt, 1)]);
 }
 
+/// Records an effect for each event, but fails for good on `n == 13` and once, transiently, on
+/// `n == 7`; counts its calls per `n`.
+struct Picky {
+    calls: Arc<std::sync::Mutex<std::collections::BTreeMap<i64, u32>>>,
+}
+
+#[async_trait]
+impl Handler for Picky {
+    async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
+        let n: i64 = event.data::<serde_json::Value>()?["n"].as_i64().unwrap_or(-1);
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let call = calls.entry(n).or_default();
+            *call += 1;
+            *call
+        };
+        ctx.tx()
+            .execute("INSERT INTO effects (event_id, n) VALUES ($1, $2)", &[event.id.to_string().into(), n.into()])
+            .await?;
+        match (n, call) {
+            (13, _) => Err(HandlerError::permanent("13 is unlucky")),
+            (7, 1) => Err(HandlerError::transient("7 fails once")),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Messages ready together share a transaction; one failing handler must undo only its own
+/// writes, and then be retried or dead-lettered on its own.
+pub async fn a_failure_in_a_batch_spares_its_batch_mates(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    // Distinct keys, published before the router starts: they are all ready at once.
+    let events: Vec<Event> = (0..40)
+        .map(|n| {
+            let mut e = Event::new("testkit", "thing_happened", format!("batch-{n}"), &json!({ "n": n })).unwrap();
+            w.kernel.keyring().sign(&mut e);
+            e
+        })
+        .collect();
+    w.publish(&events).await;
+    let calls = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let running = w.start(Picky { calls: calls.clone() });
+    let letters = w.read(&format!("{}.dlq", w.input), 1).await;
+    let effects = w.wait_for_effects(39).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.stop().await;
+    assert!(letters[0].headers[dead_letter::REASON].contains("13 is unlucky"));
+    let mut done: Vec<i64> = effects.iter().map(|(_, n)| *n).collect();
+    done.sort_unstable();
+    assert_eq!(done, (0..40).filter(|n| *n != 13).collect::<Vec<_>>(), "one effect per event but the dead letter");
+    let calls = calls.lock().unwrap().clone();
+    for (n, count) in calls {
+        let expected = match n {
+            7 => 2,  // failed once, then handled alone
+            13 => 1, // permanent: no retry
+            _ => 1,  // untouched by its batch-mates' failures
+        };
+        assert_eq!(count, expected, "calls for event {n}");
+    }
+}
+
+/// Ignores every type but `thing_happened`.
+struct OnlyHappened(Recorder);
+
+#[async_trait]
+impl Handler for OnlyHappened {
+    fn accepts(&self, kind: &str) -> bool {
+        kind == "thing_happened"
+    }
+
+    async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
+        assert_eq!(event.kind, "thing_happened", "the router must not hand over types the handler does not accept");
+        self.0.handle(event, ctx).await
+    }
+}
+
+/// Types a handler does not accept are acked without a transaction, and do not hold back the
+/// messages of their key.
+pub async fn types_the_handler_does_not_accept_are_skipped(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let mut other = Event::new("testkit", "thing_ignored", "key-1", &json!({ "n": 100 })).unwrap();
+    w.kernel.keyring().sign(&mut other);
+    w.publish(&[other, w.event(1)]).await;
+    let recorder = Recorder::new(&w.output);
+    let calls = recorder.calls.clone();
+    let running = w.start(OnlyHappened(recorder));
+    let effects = w.wait_for_effects(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.stop().await;
+    assert_eq!(effects.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1]);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let inbox = w.kernel.db.query("SELECT COUNT(*) FROM weir_inbox", &[]).await.unwrap();
+    assert_eq!(inbox[0].i64(0).unwrap(), 1, "a skipped message leaves no inbox record");
+}
+
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
@@ -414,6 +510,7 @@ macro_rules! router_tests {
             exhausted_retries_are_dead_lettered, forged_and_garbled_messages_never_reach_the_handler,
             a_panicking_handler_is_retried_and_the_router_lives_on, the_bulkhead_bounds_concurrency,
             a_try_that_times_out_is_retried, shutdown_drains_in_flight_work,
-            prepare_runs_before_the_transaction_and_feeds_the_handler);
+            prepare_runs_before_the_transaction_and_feeds_the_handler, a_failure_in_a_batch_spares_its_batch_mates,
+            types_the_handler_does_not_accept_are_skipped);
     };
 }

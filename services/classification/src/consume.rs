@@ -45,6 +45,10 @@ fn has_text(processed: &DocumentProcessed) -> bool {
 
 #[async_trait]
 impl Handler for ProcessedHandler {
+    fn accepts(&self, kind: &str) -> bool {
+        kind == DocumentProcessed::KIND
+    }
+
     async fn prepare(&self, event: &Event) -> Result<Option<Prepared>, HandlerError> {
         let Some(processed) = DocumentProcessed::decode(event) else { return Ok(None) };
         let processed = processed?;

@@ -96,6 +96,10 @@ pub struct Payments;
 
 #[async_trait]
 impl Handler for Payments {
+    fn accepts(&self, kind: &str) -> bool {
+        kind == PaymentSuccessful::KIND
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(payment) = PaymentSuccessful::decode(event) else { return Ok(vec![]) };
         reserve(ctx.tx(), event, payment?).await
@@ -285,6 +289,10 @@ pub struct Orders;
 
 #[async_trait]
 impl Handler for Orders {
+    fn accepts(&self, kind: &str) -> bool {
+        kind == OrderCompleted::KIND
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(completed) = OrderCompleted::decode(event) else { return Ok(vec![]) };
         sell(ctx.tx(), completed?.order_id).await?;

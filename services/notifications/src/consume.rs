@@ -60,6 +60,10 @@ pub(crate) struct UsersHandler(pub Shared);
 
 #[async_trait]
 impl Handler for UsersHandler {
+    fn accepts(&self, kind: &str) -> bool {
+        [UserRegistered::KIND, NotificationPreferencesChanged::KIND].contains(&kind)
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         if let Some(registered) = UserRegistered::decode(event) {
             let registered = registered?;
@@ -136,6 +140,10 @@ pub(crate) struct OutcomesHandler(pub Shared);
 
 #[async_trait]
 impl Handler for OutcomesHandler {
+    fn accepts(&self, kind: &str) -> bool {
+        Outcome::KINDS.contains(&kind)
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         if let Some(outcome) = Outcome::from_event(event) {
             let (user_id, outcome) = outcome?;

@@ -19,6 +19,10 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    /// The event types [`from_event`](Self::from_event) reads.
+    pub(crate) const KINDS: [&str; 4] =
+        [OrderCompleted::KIND, OrderCancelled::KIND, DocumentClassified::KIND, DocumentFailed::KIND];
+
     /// The outcome `event` carries, with the user it is for; `None` for any other event.
     pub(crate) fn from_event(event: &Event) -> Option<Result<(Uuid, Outcome), DecodeError>> {
         if let Some(c) = OrderCompleted::decode(event) {

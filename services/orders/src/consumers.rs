@@ -14,6 +14,10 @@ pub struct Prices;
 
 #[async_trait]
 impl Handler for Prices {
+    fn accepts(&self, kind: &str) -> bool {
+        [ProductAdded::KIND, ProductPriceChanged::KIND].contains(&kind)
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let at = event.time.timestamp_micros();
         if let Some(added) = ProductAdded::decode(event) {

@@ -54,6 +54,10 @@ pub(crate) struct ChargeHandler {
 
 #[async_trait]
 impl Handler for ChargeHandler {
+    fn accepts(&self, kind: &str) -> bool {
+        kind == OrderCreated::KIND
+    }
+
     async fn prepare(&self, event: &Event) -> Result<Option<Prepared>, HandlerError> {
         let Some(order) = decode::<OrderCreated>(event)? else { return Ok(None) };
         // Already charged, failed or voided: never call the gateway again for this order.

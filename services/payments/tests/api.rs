@@ -50,6 +50,7 @@ fn router_options() -> RouterOptions {
             max_deliveries: 100_000,
         },
         drain_timeout: Duration::from_secs(2),
+        ..RouterOptions::default()
     }
 }
 

@@ -109,6 +109,9 @@ impl Config {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         let router = RouterOptions {
             concurrency: workers * 2,
+            // One document per transaction: a batch would hold each OCR result until the
+            // slowest document of the batch is done.
+            batch: 1,
             attempt_timeout: limits.longest() * 2,
             ..RouterOptions::default()
         };

@@ -33,6 +33,18 @@ fn timer_key(order_id: Uuid) -> String {
     format!("saga/{SAGA_TYPE}/{order_id}")
 }
 
+/// The event types [`input_of`] reads; the others on the saga's topics are skipped.
+const INPUT_KINDS: [&str; 8] = [
+    OrderCreated::KIND,
+    PaymentSuccessful::KIND,
+    PaymentFailed::KIND,
+    PaymentRefunded::KIND,
+    StockReserved::KIND,
+    StockUnavailable::KIND,
+    StockReleased::KIND,
+    SagaTimedOut::KIND,
+];
+
 /// The saga input an event carries, with its order; `None` for event types the saga does not
 /// react to (product events, `order_completed`, ...), which share its topics.
 fn input_of(event: &Event) -> Result<Option<(Uuid, Input)>, HandlerError> {
@@ -74,6 +86,10 @@ fn outgoing(command: Command, order_id: Uuid, cause: &Event) -> Outgoing {
 
 #[async_trait]
 impl Handler for SagaHandler {
+    fn accepts(&self, kind: &str) -> bool {
+        INPUT_KINDS.contains(&kind)
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some((order_id, input)) = input_of(event)? else {
             debug!(event_type = %event.kind, "not a saga input; ignored");
@@ -91,7 +107,7 @@ impl Handler for SagaHandler {
             }
         };
         let decision = decide(&state, &input, now_millis(), &self.timeouts).map_err(|TooEarly| {
-            // Retried with backoff: the event it waits for travels on another topic.
+            // Retried with backoff, then dead-lettered: nothing legitimate comes this early.
             HandlerError::transient(format!(
                 "{} for order {order_id} arrived before the saga can take it (state {})",
                 input.name(),

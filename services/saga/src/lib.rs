@@ -19,7 +19,6 @@ use uuid::Uuid;
 use weir_contracts::topics;
 use weir_core::{
     Kernel, Router, RouterOptions,
-    router::RetryPolicy,
     store::{self, sagas::Scheduler},
 };
 
@@ -64,19 +63,7 @@ impl Default for Config {
         Self {
             payment_timeout: Duration::from_secs(10),
             stock_timeout: Duration::from_secs(10),
-            router: RouterOptions {
-                // More patient than the default: an input that overtook its predecessor (a
-                // `payment_successful` before `order_created`, on another topic) is retried
-                // until the predecessor is handled, which may take a while under load, instead
-                // of being dead-lettered after a few quick tries.
-                retry: RetryPolicy {
-                    base_delay: Duration::from_millis(100),
-                    max_delay: Duration::from_secs(5),
-                    max_deliveries: 20,
-                    ..RetryPolicy::default()
-                },
-                ..RouterOptions::default()
-            },
+            router: RouterOptions::default(),
         }
     }
 }

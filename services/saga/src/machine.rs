@@ -6,17 +6,25 @@
 //! | state | input | next | sends |
 //! |---|---|---|---|
 //! | (none) | `order_created` | awaiting payment (payment timer) | — |
-//! | awaiting payment | `payment_successful` | awaiting stock (stock timer) | — |
-//! | awaiting payment | `payment_failed` | cancelled | `cancel_order` |
+//! | (none), awaiting payment | `payment_successful` | awaiting stock (stock timer) | — |
+//! | (none), awaiting payment | `payment_failed` | cancelled | `cancel_order` |
 //! | awaiting payment | payment timeout | compensating: refund | `refund_payment` |
-//! | awaiting stock | `stock_reserved` | completed | `complete_order` |
-//! | awaiting stock | `stock_unavailable` | compensating: refund | `refund_payment` |
+//! | (none), awaiting payment or stock | `stock_reserved` | completed | `complete_order` |
+//! | (none), awaiting payment or stock | `stock_unavailable` | compensating: refund | `refund_payment` |
 //! | awaiting stock | stock timeout | compensating: release, then refund | `release_stock` |
 //! | compensating: release | `stock_released` | compensating: refund | `refund_payment` |
 //! | compensating: refund | `payment_refunded` | cancelled | `cancel_order` |
 //!
 //! Anything else is late, a duplicate or out of place and changes nothing (see [`decide`] for
-//! the two exceptions: inputs that came too early, and a reservation made after the saga gave up).
+//! the two exceptions: answers that came too early, and a reservation made after the saga gave up).
+//!
+//! # Inputs out of order
+//! The inputs travel on three topics, so a later step's event may overtake an earlier one's: a
+//! busy saga may read `payment_successful` before `order_created`. Each step's event implies the
+//! ones before it (payments charges only created orders; inventory answers only after
+//! `payment_successful`), so the saga takes whichever comes first and skips the steps it implies;
+//! their events, arriving later, are late and ignored. Under load that matters: making early
+//! inputs wait for a redelivery would fill the saga's queue with retries just when it is behind.
 //!
 //! Compensations run in reverse order of the steps that succeeded: stock first, then payment.
 //! They have no timeout. A compensation is the only way back to a consistent world (a charge
@@ -225,9 +233,9 @@ impl Decision {
     }
 }
 
-/// The input came before the saga can take it (a `payment_*` before `order_created`, a stock
-/// answer before `payment_successful`: they travel on different topics and may overtake each
-/// other). The handler retries it later.
+/// The input came before the saga can take it: an answer to a compensation or a timer of a saga
+/// that has not started, which only a bug or a forged event can cause. The handler retries it
+/// later, and dead-letters it in the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooEarly;
 
@@ -246,13 +254,14 @@ pub fn decide(state: &State, input: &Input, now: i64, timeouts: &Timeouts) -> Re
         (State::New, Input::OrderCreated) => {
             Decision::to(State::AwaitingPayment).schedule(timeouts.timer(Step::Payment, now))
         }
-        // Every other event is about an order whose `order_created` has not been handled yet.
-        (State::New, _) => return Err(TooEarly),
-
+        // Overtaken by the payment's answer: `order_created` will be late.
+        (State::New, Input::PaymentSuccessful) => {
+            Decision::to(State::AwaitingStock).schedule(timeouts.timer(Step::Stock, now))
+        }
         (State::AwaitingPayment, Input::PaymentSuccessful) => {
             Decision::to(State::AwaitingStock).cancel_timer().schedule(timeouts.timer(Step::Stock, now))
         }
-        (State::AwaitingPayment, Input::PaymentFailed { reason }) => {
+        (State::New | State::AwaitingPayment, Input::PaymentFailed { reason }) => {
             // Nothing was charged and nothing reserved: nothing to compensate.
             let reason = format!("payment declined: {reason}");
             Decision::to(State::Cancelled { reason: reason.clone(), release_sent: false })
@@ -264,16 +273,17 @@ pub fn decide(state: &State, input: &Input, now: i64, timeouts: &Timeouts) -> Re
             // never happens) or refunds it; either way it answers `payment_refunded`.
             compensate(&[RefundPayment], "payment timed out".into(), false)
         }
-        // Inventory reserves only after `payment_successful`, so a stock answer means the charge
-        // succeeded and its event is still on its way on the `payments` topic: wait for it.
-        (State::AwaitingPayment, Input::StockReserved | Input::StockUnavailable { .. }) => return Err(TooEarly),
-
-        (State::AwaitingStock, Input::StockReserved) => {
+        // Inventory answers only after `payment_successful`, so a stock answer also means the
+        // charge succeeded, whether or not its event has arrived yet.
+        (State::New | State::AwaitingPayment | State::AwaitingStock, Input::StockReserved) => {
             Decision::to(State::Completed).send(Command::CompleteOrder).cancel_timer()
         }
-        (State::AwaitingStock, Input::StockUnavailable { reason }) => {
+        (State::New | State::AwaitingPayment | State::AwaitingStock, Input::StockUnavailable { reason }) => {
             compensate(&[RefundPayment], format!("out of stock: {reason}"), false).cancel_timer()
         }
+        // Answers to compensations and timers of a saga that has not started: they cannot be
+        // taken before its first input.
+        (State::New, _) => return Err(TooEarly),
         (State::AwaitingStock, Input::TimedOut(Step::Stock)) => {
             // Reverse order of the steps: the reservation (if inventory made one after all),
             // then the charge.
@@ -401,22 +411,11 @@ mod tests {
                     false,
                 ),
             ),
-            (State::AwaitingPayment, Input::StockReserved, Expect::Early),
-            (State::AwaitingPayment, Input::StockUnavailable { reason: "sold out".into() }, Expect::Early),
+            (State::New, Input::PaymentSuccessful, moves(State::AwaitingStock, vec![], Some(Step::Stock), false)),
             (
-                State::AwaitingStock,
-                Input::StockReserved,
-                moves(State::Completed, vec![Command::CompleteOrder], None, true),
-            ),
-            (
-                State::AwaitingStock,
-                Input::StockUnavailable { reason: "sold out".into() },
-                moves(
-                    compensating(RefundPayment, &[], "out of stock: sold out", false),
-                    vec![refund("out of stock: sold out")],
-                    None,
-                    true,
-                ),
+                State::New,
+                Input::PaymentFailed { reason: "card".into() },
+                moves(cancelled("payment declined: card", false), vec![cancel("payment declined: card")], None, true),
             ),
             (
                 State::AwaitingStock,
@@ -469,8 +468,28 @@ mod tests {
                 moves(cancelled("payment declined: card", true), vec![Command::ReleaseStock], None, false),
             ),
         ];
-        // Before `order_created`, everything else waits.
-        for input in all_inputs().into_iter().filter(|i| *i != Input::OrderCreated) {
+        // A stock answer implies the charge: it completes or compensates from any state before it.
+        for state in [State::New, State::AwaitingPayment, State::AwaitingStock] {
+            rows.push((
+                state.clone(),
+                Input::StockReserved,
+                moves(State::Completed, vec![Command::CompleteOrder], None, true),
+            ));
+            rows.push((
+                state,
+                Input::StockUnavailable { reason: "sold out".into() },
+                moves(
+                    compensating(RefundPayment, &[], "out of stock: sold out", false),
+                    vec![refund("out of stock: sold out")],
+                    None,
+                    true,
+                ),
+            ));
+        }
+        // Answers to compensations and timers cannot come before the saga's first input.
+        for input in
+            [Input::StockReleased, Input::PaymentRefunded, Input::TimedOut(Step::Payment), Input::TimedOut(Step::Stock)]
+        {
             rows.push((State::New, input, Expect::Early));
         }
         rows
@@ -522,6 +541,57 @@ mod tests {
                     .unwrap_or_else(|_| panic!("{} + {} twice: too early", state.name(), input.name()));
                 assert!(again.is_ignored(&first.next), "{} + {} twice: {again:?}", state.name(), input.name());
             }
+        }
+    }
+
+    /// Runs `inputs` from a new saga; returns the final state and every command sent.
+    fn run(inputs: &[Input]) -> (State, Vec<Command>) {
+        let (mut state, mut sent) = (State::New, Vec::new());
+        for input in inputs {
+            let decision = decide(&state, input, NOW, &TIMEOUTS)
+                .unwrap_or_else(|_| panic!("{} too early after {inputs:?}", input.name()));
+            sent.extend(decision.commands);
+            state = decision.next;
+        }
+        (state, sent)
+    }
+
+    fn permutations(items: &[Input]) -> Vec<Vec<Input>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        (0..items.len())
+            .flat_map(|i| {
+                let mut rest = items.to_vec();
+                let first = rest.remove(i);
+                permutations(&rest).into_iter().map(move |mut tail| {
+                    tail.insert(0, first.clone());
+                    tail
+                })
+            })
+            .collect()
+    }
+
+    /// The three topics may deliver an order's events in any order: every order of them ends
+    /// the same way, with each command sent once.
+    #[test]
+    fn inputs_in_any_order_end_the_same() {
+        let happy = [Input::OrderCreated, Input::PaymentSuccessful, Input::StockReserved];
+        for inputs in permutations(&happy) {
+            assert_eq!(run(&inputs), (State::Completed, vec![Command::CompleteOrder]), "{inputs:?}");
+        }
+        let sold_out =
+            [Input::OrderCreated, Input::PaymentSuccessful, Input::StockUnavailable { reason: "none".into() }];
+        for inputs in permutations(&sold_out) {
+            let (state, sent) = run(&inputs);
+            assert_eq!(sent, [Command::RefundPayment { reason: "out of stock: none".into() }], "{inputs:?}");
+            let (state, sent) = (decide(&state, &Input::PaymentRefunded, NOW, &TIMEOUTS).unwrap().next, sent);
+            assert!(matches!(state, State::Cancelled { .. }), "{inputs:?}: {state:?} after {sent:?}");
+        }
+        for inputs in permutations(&[Input::OrderCreated, Input::PaymentFailed { reason: "card".into() }]) {
+            let (state, sent) = run(&inputs);
+            assert_eq!(sent, [Command::CancelOrder { reason: "payment declined: card".into() }], "{inputs:?}");
+            assert!(state.is_done(), "{inputs:?}");
         }
     }
 

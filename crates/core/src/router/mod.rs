@@ -8,7 +8,9 @@
 //! 1. **Bulkhead** — at most [`RouterOptions::concurrency`] messages are handled at once per
 //!    router, so a flood on one topic cannot take every worker. A message waits for a permit
 //!    *before* anything else happens, so waiting costs nothing but memory.
-//! 2. **Decode and verify** — the message must be a CloudEvent with a valid signature. If not,
+//! 2. **Decode and verify** — a message whose type the handler does not
+//!    [`accept`](Handler::accepts) is acked here, untouched. Others must be a CloudEvent with a
+//!    valid signature. If not,
 //!    it goes straight to the dead-letter queue: retrying cannot fix bytes, and a forged event
 //!    must never reach a handler.
 //! 3. **Tracing span** — one span per delivery, carrying the W3C trace id read from the headers,
@@ -31,6 +33,18 @@
 //! jitter (the transport redelivers; no worker waits), or the dead-letter queue after
 //! [`RetryPolicy::max_deliveries`]. Permanent failure → dead-letter queue at once.
 //!
+//! # Batching
+//!
+//! Deliveries of one route that are ready at the same moment — up to [`RouterOptions::batch`],
+//! while bulkhead permits last — are handled together: their prepare steps run concurrently,
+//! each under a timeout and panic guard of its own, then one transaction takes them all, each
+//! message in a savepoint of its own (inbox record, handler, outbox), and one commit settles
+//! them. A message whose prepare step or handler fails (or panics) rolls back to its savepoint
+//! only and then goes through the retry path alone, as if it had come by itself; so does every
+//! message of a batch whose transaction fails as a whole (begin, commit, its timeout).
+//! Batches form only when messages queue up, so a lone message waits for nothing; under load
+//! one commit and one wake-up serve many messages.
+//!
 //! Order per key comes from the transport: it hands out a key's next message only after the
 //! previous one is settled, so the router handles different keys concurrently and one key in
 //! order, and a nack holds back only its own key.
@@ -44,13 +58,19 @@
 pub mod dead_letter;
 pub mod retry;
 
-use std::{any::Any, fmt, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    fmt,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::{FutureExt, future::join_all};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info_span, warn};
 
 pub use self::{dead_letter::Reason, retry::RetryPolicy};
 use crate::{
@@ -167,6 +187,14 @@ impl Context<'_> {
 /// ensures one committed effect per event id per group.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// Whether this handler acts on events of type `kind` (the CloudEvents `type`). A topic
+    /// carries several types and most consumers act on a few: the router acks the others at
+    /// once, before decoding, verifying or opening a transaction, since handling them would
+    /// change nothing. The default accepts every type.
+    fn accepts(&self, _kind: &str) -> bool {
+        true
+    }
+
     /// Work done before the transaction opens and outside it: calls to other systems, which
     /// must not hold a database lock while they wait. It runs on every try, including after a
     /// crash between it and the commit, so it must be idempotent: send an idempotency key
@@ -211,6 +239,9 @@ impl Kernel {
 pub struct RouterOptions {
     /// Messages handled at once (the bulkhead).
     pub concurrency: usize,
+    /// At most this many messages that are ready at once share one transaction (see
+    /// [`Router`]'s batching); 1 turns batching off.
+    pub batch: usize,
     /// Bound on one try: handler plus commit.
     pub attempt_timeout: Duration,
     pub retry: RetryPolicy,
@@ -222,6 +253,7 @@ impl Default for RouterOptions {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            batch: 64,
             attempt_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(10),
@@ -304,10 +336,20 @@ impl Router {
                         _ = shutdown.cancelled() => break,
                     };
                     let Some(delivery) = delivery else { break };
+                    // Whatever else is ready now joins it in one batch, while permits last.
+                    let mut batch = vec![(delivery, permit)];
+                    while batch.len() < shared.options.batch.max(1) {
+                        let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+                        match subscription.next().now_or_never() {
+                            Some(Some(delivery)) => batch.push((delivery, permit)),
+                            _ => break,
+                        }
+                    }
                     let (shared, route) = (shared.clone(), route.clone());
                     in_flight.spawn(async move {
-                        shared.process(&route, delivery).await;
-                        drop(permit);
+                        let (deliveries, permits): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                        shared.process(&route, deliveries).await;
+                        drop(permits);
                     });
                     // Reap finished tasks so the set does not grow without bound.
                     while in_flight.try_join_next().is_some() {}
@@ -330,39 +372,153 @@ struct Shared {
     options: RouterOptions,
 }
 
+/// A delivery that passed the stack's screening: decoded, verified, with its span.
+struct Screened {
+    delivery: Delivery,
+    event: Event,
+    span: Span,
+}
+
 impl Shared {
-    async fn process(&self, route: &Route, delivery: Delivery) {
+    /// Handles deliveries of one route that were ready together. Those the handler takes and
+    /// that decode and verify share one transaction, each in its own savepoint ([`Self::batch`]);
+    /// one that fails there, or every one if the batch as a whole fails, goes on alone through
+    /// the retry path, as it would have without batching.
+    async fn process(&self, route: &Route, deliveries: Vec<Delivery>) {
+        let started = Instant::now();
+        let mut screened = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Some(item) = self.screen(route, delivery).await {
+                screened.push(item);
+            }
+        }
+        let mut results = match screened.len() {
+            0 => return,
+            1 => None,
+            _ => self.batch(route, &screened).await,
+        }
+        .map(Vec::into_iter);
+        for Screened { delivery, event, span } in screened {
+            let result = results.as_mut().and_then(Iterator::next);
+            async {
+                let outcome = match result {
+                    Some(Ok(outcome)) => {
+                        if let Err(e) = delivery.ack().await {
+                            warn!(error = %e, "ack failed after commit; the inbox will absorb the redelivery");
+                        }
+                        outcome
+                    }
+                    Some(Err(HandlerError::Permanent(reason))) => {
+                        self.dead_letter(route, delivery, Reason::Permanent(reason)).await
+                    }
+                    Some(Err(HandlerError::Transient(_))) | None => {
+                        self.handle_with_retries(route, &event, delivery).await
+                    }
+                };
+                // 4. Metrics.
+                let labels = [
+                    ("topic", route.topic.clone()),
+                    ("group", route.group.clone()),
+                    ("outcome", outcome.label().to_owned()),
+                ];
+                metrics::counter!("weir_handler_total", &labels).increment(1);
+                metrics::histogram!("weir_handler_seconds", &labels).record(started.elapsed().as_secs_f64());
+                debug!(outcome = outcome.label(), "delivery settled");
+            }
+            .instrument(span)
+            .await;
+        }
+    }
+
+    /// Steps 2 and 3 of the stack for one delivery: acks what the handler does not take,
+    /// dead-letters what does not decode or verify, and opens the delivery's span.
+    async fn screen(&self, route: &Route, delivery: Delivery) -> Option<Screened> {
+        // Types the handler ignores are settled here (binary mode names the type in a header).
+        if delivery.message.headers.get("ce-type").is_some_and(|kind| !route.handler.accepts(kind)) {
+            if let Err(e) = delivery.ack().await {
+                debug!(error = %e, "ack of an ignored message failed; it will be skipped again");
+            }
+            metrics::counter!("weir_handler_skipped_total", "topic" => route.topic.clone(), "group" => route.group.clone())
+                .increment(1);
+            return None;
+        }
         // 2. Decode and verify.
         let event = match Event::from_message(&delivery.message) {
             Ok(e) => e,
             Err(e) => {
                 self.dead_letter(route, delivery, Reason::Undecodable(e.to_string())).await;
-                return;
+                return None;
             }
         };
         if let Err(e) = self.kernel.keyring().verify(&event) {
             self.dead_letter(route, delivery, Reason::BadSignature(e.to_string())).await;
-            return;
+            return None;
         }
         // 3. Tracing span.
-        let trace_id = event.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or("").to_owned();
+        let trace_id = event.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or("");
         let span = info_span!("handle", topic = %route.topic, group = %route.group, event_type = %event.kind,
             event_id = %event.id, subject = %event.subject, attempt = delivery.attempt, trace_id = %trace_id);
-        async move {
-            // 4. Metrics.
-            let started = std::time::Instant::now();
-            let outcome = self.handle_with_retries(route, &event, delivery).await;
-            let labels = [
-                ("topic", route.topic.clone()),
-                ("group", route.group.clone()),
-                ("outcome", outcome.label().to_owned()),
-            ];
-            metrics::counter!("weir_handler_total", &labels).increment(1);
-            metrics::histogram!("weir_handler_seconds", &labels).record(started.elapsed().as_secs_f64());
-            debug!(outcome = outcome.label(), "delivery settled");
+        Some(Screened { delivery, event, span })
+    }
+
+    /// The first try of a batch. Each message's prepare step and handler run under the stack's
+    /// timeout and panic guard of their own, so that one slow or panicking message fails alone:
+    /// a prepare step may have called another system, and its result must not be thrown away
+    /// because of a batch-mate. Returns each message's result, or `None` if the transaction
+    /// failed as a whole (begin, commit, or its own timeout).
+    async fn batch(&self, route: &Route, items: &[Screened]) -> Option<Vec<Result<Outcome, HandlerError>>> {
+        // 8. Prepare, concurrently.
+        let prepared = join_all(
+            items.iter().map(|item| self.guarded(route.handler.prepare(&item.event)).instrument(item.span.clone())),
+        )
+        .await;
+        match tokio::time::timeout(self.options.attempt_timeout, self.batch_transaction(route, items, prepared)).await {
+            Ok(Ok(results)) => Some(results),
+            Ok(Err(e)) => {
+                debug!(error = %e, batch = items.len(), "batch failed; its messages are tried one by one");
+                None
+            }
+            Err(_) => None,
         }
-        .instrument(span)
-        .await
+    }
+
+    /// 9. One transaction with a savepoint per message, so that a failing handler undoes only
+    /// its own writes.
+    async fn batch_transaction(
+        &self,
+        route: &Route,
+        items: &[Screened],
+        prepared: Vec<Result<Option<Prepared>, HandlerError>>,
+    ) -> Result<Vec<Result<Outcome, HandlerError>>, HandlerError> {
+        let mut tx = self.kernel.db.begin().await?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut any_output = false;
+        for (item, prepared) in items.iter().zip(prepared) {
+            let result = match prepared {
+                Err(e) => Err(e),
+                Ok(prepared) => {
+                    tx.execute("SAVEPOINT weir_message", &[]).await?;
+                    let applied = self
+                        .guarded(self.apply(route, &item.event, item.delivery.attempt, prepared, tx.as_mut()))
+                        .instrument(item.span.clone())
+                        .await;
+                    if applied.is_err() {
+                        tx.execute("ROLLBACK TO SAVEPOINT weir_message", &[]).await?;
+                    }
+                    tx.execute("RELEASE SAVEPOINT weir_message", &[]).await?;
+                    applied
+                }
+            };
+            results.push(result.map(|(outcome, outputs)| {
+                any_output |= outputs;
+                outcome
+            }));
+        }
+        tx.commit().await?;
+        if any_output {
+            self.kernel.outbox.wake();
+        }
+        Ok(results)
     }
 
     async fn handle_with_retries(&self, route: &Route, event: &Event, delivery: Delivery) -> Outcome {
@@ -406,8 +562,12 @@ impl Shared {
 
     /// One try: 6. timeout, 7. panic guard, 8. prepare, 9. transaction with inbox and outbox.
     async fn attempt(&self, route: &Route, event: &Event, attempt: u32) -> Result<Outcome, HandlerError> {
-        let work = AssertUnwindSafe(self.transaction(route, event, attempt)).catch_unwind();
-        match tokio::time::timeout(self.options.attempt_timeout, work).await {
+        self.guarded(self.transaction(route, event, attempt)).await
+    }
+
+    /// 6. timeout and 7. panic guard around one piece of a try: both become transient failures.
+    async fn guarded<T>(&self, work: impl Future<Output = Result<T, HandlerError>>) -> Result<T, HandlerError> {
+        match tokio::time::timeout(self.options.attempt_timeout, AssertUnwindSafe(work).catch_unwind()).await {
             Err(_) => Err(HandlerError::transient(format!("timed out after {:?}", self.options.attempt_timeout))),
             Ok(Err(panic)) => {
                 let what = panic
@@ -424,20 +584,32 @@ impl Shared {
 
     async fn transaction(&self, route: &Route, event: &Event, attempt: u32) -> Result<Outcome, HandlerError> {
         let prepared = route.handler.prepare(event).await?;
-        let db = &self.kernel.db;
-        let mut tx = db.begin().await?;
-        if !inbox::record(tx.as_mut(), &route.group, event.id).await? {
-            return Ok(Outcome::Duplicate); // Dropping `tx` rolls back: nothing to do.
+        let mut tx = self.kernel.db.begin().await?;
+        let (outcome, any_output) = self.apply(route, event, attempt, prepared, tx.as_mut()).await?;
+        tx.commit().await?;
+        if any_output {
+            self.kernel.outbox.wake();
         }
+        Ok(outcome)
+    }
+
+    /// Inside `tx`: the inbox record, the handler, its outputs into the outbox. Returns the
+    /// outcome and whether anything went into the outbox.
+    async fn apply(
+        &self,
+        route: &Route,
+        event: &Event,
+        attempt: u32,
+        prepared: Option<Prepared>,
+        tx: &mut dyn Transaction,
+    ) -> Result<(Outcome, bool), HandlerError> {
+        if !inbox::record(tx, &route.group, event.id).await? {
+            return Ok((Outcome::Duplicate, false));
+        }
+        let dialect = self.kernel.db.dialect();
         let outputs = {
-            let mut ctx = Context {
-                topic: &route.topic,
-                group: &route.group,
-                attempt,
-                dialect: db.dialect(),
-                tx: tx.as_mut(),
-                prepared,
-            };
+            let mut ctx =
+                Context { topic: &route.topic, group: &route.group, attempt, dialect, tx: &mut *tx, prepared };
             route.handler.handle(event, &mut ctx).await?
         };
         let any_output = !outputs.is_empty();
@@ -446,13 +618,9 @@ impl Shared {
             (topic, out)
         });
         for (topic, events) in group_by_topic(outputs) {
-            self.kernel.outbox.enqueue(tx.as_mut(), &topic, events).await?;
+            self.kernel.outbox.enqueue(tx, &topic, events).await?;
         }
-        tx.commit().await?;
-        if any_output {
-            self.kernel.outbox.wake();
-        }
-        Ok(Outcome::Handled)
+        Ok((Outcome::Handled, any_output))
     }
 
     async fn dead_letter(&self, route: &Route, delivery: Delivery, reason: Reason) -> Outcome {

@@ -6,7 +6,10 @@
 //! acknowledged them. A crash between publish and delete publishes a row again on restart —
 //! at-least-once, made exactly-once in effect by the consumers' inbox.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +67,13 @@ impl Outbox {
 
     /// The relay that publishes this outbox's rows from `db` to `publisher`.
     pub fn relay(&self, db: Db, publisher: Arc<dyn Publisher>) -> Relay {
-        Relay { db, publisher, wake: self.wake.clone(), options: RelayOptions::default() }
+        Relay {
+            db,
+            publisher,
+            wake: self.wake.clone(),
+            options: RelayOptions::default(),
+            renew_after: std::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -91,6 +100,9 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     wake: Arc<Notify>,
     options: RelayOptions,
+    /// The owner whose lease this relay holds, and when to renew it (half its life): renewing
+    /// is a write, and every round renewing cost a commit per round.
+    renew_after: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl Relay {
@@ -128,9 +140,23 @@ impl Relay {
         let _ = lease::release(self.db.as_ref(), "weir-outbox-relay", &owner).await;
     }
 
+    /// Whether `owner` holds the relay lease, renewing it once half its life has passed.
+    async fn hold_lease(&self, owner: &str) -> Result<bool> {
+        let fresh = matches!(&*self.renew_after.lock().unwrap_or_else(|e| e.into_inner()),
+            Some((holder, at)) if holder == owner && Instant::now() < *at);
+        if fresh {
+            return Ok(true);
+        }
+        let asked = Instant::now();
+        let held = lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await?;
+        *self.renew_after.lock().unwrap_or_else(|e| e.into_inner()) =
+            held.then(|| (owner.to_owned(), asked + self.options.lease / 2));
+        Ok(held)
+    }
+
     /// Publishes one batch; returns how many rows it published.
     pub async fn round(&self, owner: &str) -> Result<usize> {
-        if !lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await? {
+        if !self.hold_lease(owner).await? {
             // Another relay is active; `run` waits a poll interval (or shutdown) and asks again.
             return Ok(0);
         }
