@@ -46,8 +46,11 @@ pub struct UpArgs {
     /// Address of the simulated payment gateway (its ledger is at /v1/ledger); port 0 picks one.
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_LISTEN", default_value = "127.0.0.1:0")]
     pub payment_gateway_listen: SocketAddr,
-    /// How long the saga waits for a payment before cancelling the order, in milliseconds.
-    #[arg(long, env = "WEIR_PAYMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    /// How long the saga waits for a payment before cancelling the order, in milliseconds. Keep
+    /// it well above the bus's 10 s lease: after a crash, payments gets the order again only
+    /// once the dead process's lease expires, and a charge made just before the crash is
+    /// recorded then.
+    #[arg(long, env = "WEIR_PAYMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub payment_timeout_ms: u64,
     /// How long the saga waits for a stock reservation, in milliseconds.
     #[arg(long, env = "WEIR_STOCK_TIMEOUT_MS", default_value_t = 10_000)]

@@ -61,7 +61,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            payment_timeout: Duration::from_secs(10),
+            // Above the embedded bus's 10 s lease, so a crashed payments member's orders are
+            // redelivered (and a charge made before the crash recorded) before the saga gives up.
+            payment_timeout: Duration::from_secs(30),
             stock_timeout: Duration::from_secs(10),
             router: RouterOptions::default(),
         }
