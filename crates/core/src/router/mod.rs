@@ -372,6 +372,15 @@ struct Shared {
     options: RouterOptions,
 }
 
+/// Acks a delivery whose outcome has committed. If the ack fails, the redelivery is a
+/// duplicate that the inbox absorbs.
+async fn settle_committed(delivery: Delivery, outcome: Outcome) -> Outcome {
+    if let Err(e) = delivery.ack().await {
+        warn!(error = %e, "ack failed after commit; the inbox will absorb the redelivery");
+    }
+    outcome
+}
+
 /// A delivery that passed the stack's screening: decoded, verified, with its span.
 struct Screened {
     delivery: Delivery,
@@ -402,12 +411,7 @@ impl Shared {
             let result = results.as_mut().and_then(Iterator::next);
             async {
                 let outcome = match result {
-                    Some(Ok(outcome)) => {
-                        if let Err(e) = delivery.ack().await {
-                            warn!(error = %e, "ack failed after commit; the inbox will absorb the redelivery");
-                        }
-                        outcome
-                    }
+                    Some(Ok(outcome)) => settle_committed(delivery, outcome).await,
                     Some(Err(HandlerError::Permanent(reason))) => {
                         self.dead_letter(route, delivery, Reason::Permanent(reason)).await
                     }
@@ -528,14 +532,7 @@ impl Shared {
         for try_number in 1..=policy.immediate_attempts.max(1) {
             match self.attempt(route, event, delivery.attempt).await {
                 Ok(outcome) => {
-                    return match delivery.ack().await {
-                        Ok(()) => outcome,
-                        Err(e) => {
-                            // Committed but not acked: the redelivery will be a duplicate.
-                            warn!(error = %e, "ack failed after commit; the inbox will absorb the redelivery");
-                            outcome
-                        }
-                    };
+                    return settle_committed(delivery, outcome).await;
                 }
                 Err(HandlerError::Permanent(reason)) => {
                     return self.dead_letter(route, delivery, Reason::Permanent(reason)).await;
