@@ -28,7 +28,7 @@
 //!   deliveries are redelivered later. Acking a delivery after its subscription was dropped is
 //!   allowed and may fail with [`Error::Closed`].
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -126,7 +126,29 @@ pub trait Subscriber: Send + Sync + 'static {
     /// the beginning of the topic's retained messages.
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Subscription>;
 
+    /// Like [`subscribe`](Self::subscribe), for a member that acts only on some event types:
+    /// a message whose `ce-type` header `wants` refuses may be settled by the transport itself,
+    /// in order with its key, without being delivered — it saves the trip to the consumer and
+    /// back for messages the consumer would only ack. Messages without the header are
+    /// delivered. Transports that cannot filter deliver everything (this default), so the
+    /// consumer must still check.
+    async fn subscribe_filtered(&self, topic: &str, group: &str, wants: TypeFilter) -> Result<Subscription> {
+        let _ = wants;
+        self.subscribe(topic, group).await
+    }
+
     fn capabilities(&self) -> Capabilities;
+}
+
+/// Which CloudEvents types (`ce-type`) a member acts on; see [`Subscriber::subscribe_filtered`].
+pub type TypeFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The header a binary-mode CloudEvent names its type in.
+pub const TYPE_HEADER: &str = "ce-type";
+
+/// Whether `wants` refuses `message` by its type header (a message without one is wanted).
+pub fn refused_by(wants: &TypeFilter, message: &Message) -> bool {
+    message.headers.get(TYPE_HEADER).is_some_and(|kind| !wants(kind))
 }
 
 /// A stream of deliveries for one member of a consumer group.

@@ -10,7 +10,7 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::bus::{Acker, Capabilities, Delivery, DeliveryStream, Result, Subscriber, Subscription};
+use crate::bus::{Acker, Capabilities, Delivery, DeliveryStream, Result, Subscriber, Subscription, TypeFilter};
 
 /// A subscriber that delivers every message twice, as a transport does when an ack is lost:
 /// the first delivery's ack is swallowed and the same message comes again; only the second
@@ -28,7 +28,11 @@ impl DuplicateDeliveries {
 #[async_trait]
 impl Subscriber for DuplicateDeliveries {
     async fn subscribe(&self, topic: &str, group: &str) -> Result<Subscription> {
-        let inner = self.inner.subscribe(topic, group).await?;
+        self.subscribe_filtered(topic, group, Arc::new(|_: &str| true)).await
+    }
+
+    async fn subscribe_filtered(&self, topic: &str, group: &str, wants: TypeFilter) -> Result<Subscription> {
+        let inner = self.inner.subscribe_filtered(topic, group, wants).await?;
         Ok(Subscription::new(Doubled { inner, again: Arc::default() }))
     }
 

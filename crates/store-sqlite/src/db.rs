@@ -34,10 +34,8 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 use weir_core::db::{Database, Dialect, Error, Result, Row, Transaction, Value};
 
-use crate::sql::{Param, map_err, rewrite_params, to_value};
+use crate::sql::{Param, configure, map_err, rewrite_params, to_value};
 
-/// How long a statement waits for another process's write lock before failing as unavailable.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read-only connections kept for [`Database::query`].
 const READER_POOL: usize = 4;
 /// Rewritten statements remembered; the cache is cleared when it grows past this.
@@ -86,18 +84,15 @@ impl Writer {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_prepared_statement_cache_capacity(256);
-    Ok(())
-}
+/// Statements each connection keeps compiled.
+const STATEMENT_CACHE: usize = 256;
 
 impl SqliteDatabase {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path).map_err(map_err)?;
-        configure(&conn).map_err(map_err)?;
+        configure(&conn, STATEMENT_CACHE).map_err(map_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(map_err)?;
         let writer = Arc::new(Mutex::new(Writer { conn, in_transaction: false, waiters: Vec::new() }));
@@ -146,7 +141,7 @@ impl Shared {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(map_err)?;
-        configure(&conn).map_err(map_err)?;
+        configure(&conn, STATEMENT_CACHE).map_err(map_err)?;
         Ok(conn)
     }
 

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weir_core::bus::{Delivery, Error, Message, Publisher, Subscriber, Subscription};
+use weir_core::bus::{Delivery, Error, Message, Publisher, Subscriber, Subscription, TYPE_HEADER, TypeFilter};
 use weir_store_sqlite::{LogOptions, SqliteLog};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -233,6 +233,36 @@ async fn a_dropped_subscription_hands_unsettled_messages_to_the_next_member() {
     let order = consume_all(&mut sub, &missing).await;
     assert!(order.contains(&held_label));
     assert!(!order.iter().any(|l| acked.contains(l)), "acked messages came back: {order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_member_gets_only_its_types_in_order_and_passes_the_rest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = open(dir.path());
+    let typed = |key: &str, seq, kind: &str| {
+        let mut m = msg(key, seq);
+        m.headers.insert(TYPE_HEADER.into(), kind.into());
+        m
+    };
+    let published =
+        vec![typed("a", 0, "wanted"), typed("a", 1, "ignored"), msg("a", 2), typed("b", 3, "ignored"), typed("a", 4, "wanted")];
+    log.publish("t", published.clone()).await.expect("publish");
+    let wants: TypeFilter = Arc::new(|kind: &str| kind == "wanted");
+    let mut sub = log.subscribe_filtered("t", "g", wants).await.expect("subscribe");
+    // One key, in order; the message without a type header is delivered.
+    for expected in ["a#0", "a#2", "a#4"] {
+        let d = expect(&mut sub, expected).await;
+        assert_eq!(label(&d), expected);
+        d.ack().await.expect("ack");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    drop(sub);
+    // The group's position passed the refused messages too: the next member gets nothing.
+    let mut next_member = log.subscribe("t", "g").await.expect("resubscribe");
+    assert_quiet(&mut next_member, Duration::from_millis(500)).await;
+    // Another group, unfiltered, gets all five.
+    let mut other = log.subscribe("t", "other").await.expect("subscribe");
+    assert_eq!(consume_all(&mut other, &labels(&published)).await.len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,12 +60,25 @@ impl Handler for ChargeHandler {
 
     async fn prepare(&self, event: &Event) -> Result<Option<Prepared>, HandlerError> {
         let Some(order) = decode::<OrderCreated>(event)? else { return Ok(None) };
-        // Already charged, failed or voided: never call the gateway again for this order.
-        if store::read(&self.db, order.order_id).await?.is_some() {
-            return Ok(None);
+        let idempotency_key = format!("charge-{}", order.order_id);
+        match store::read(&self.db, order.order_id).await? {
+            None => {}
+            // Voided before we recorded a charge — but an earlier try may have charged and died
+            // before its commit. Ask the gateway (charging nothing); what it finds is refunded.
+            Some(payment) if payment.status == Status::Voided => {
+                return match self.provider.find_charge(&idempotency_key).await {
+                    Ok(found) => Ok(found.map(|charge| Box::new(ChargeOutcome::Charged(charge)) as Prepared)),
+                    Err(e) => Err(HandlerError::transient(format!(
+                        "cannot ask the gateway whether voided order {} was charged: {e}",
+                        order.order_id
+                    ))),
+                };
+            }
+            // Already charged, failed or refunded: never call the gateway again for this order.
+            Some(_) => return Ok(None),
         }
         let request = ChargeRequest {
-            idempotency_key: format!("charge-{}", order.order_id),
+            idempotency_key,
             amount: order.total,
             customer: order.user_id,
             traceparent: event.traceparent.clone(),

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::debug;
+use weir_contracts::{Currency, Money};
 use weir_core::resilience::{BreakerConfig, BreakerError, CircuitBreaker, retry_with_jitter, with_timeout};
 
 use crate::{
@@ -125,21 +126,20 @@ impl HttpProvider {
         &self.breaker
     }
 
-    /// One operation: breaker → retries → timeout → request.
+    /// One operation: breaker → retries → timeout → request. `request` builds each try's request
+    /// from the client and the gateway's base URL.
     async fn send(
         &self,
-        path: &str,
-        key: &str,
         traceparent: Option<&str>,
-        body: &(impl Serialize + Sync),
+        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder + Sync,
     ) -> Result<Body, ProviderError> {
-        let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
+        let base = self.config.base_url.trim_end_matches('/');
         let limit = self.config.timeout;
         let one_try = || {
             with_timeout(
                 limit,
                 move || Unavailable(format!("no answer within {limit:?}")),
-                self.try_once(&url, key, traceparent, body),
+                self.try_once(request(&self.client, base), traceparent),
             )
         };
         let retried = retry_with_jitter(
@@ -160,20 +160,17 @@ impl HttpProvider {
 
     async fn try_once(
         &self,
-        url: &str,
-        key: &str,
+        mut request: reqwest::RequestBuilder,
         traceparent: Option<&str>,
-        body: &impl Serialize,
     ) -> Result<Answer, Unavailable> {
-        let mut request = self.client.post(url).header(IDEMPOTENCY_KEY, key);
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
         }
-        let response =
-            request.json(body).send().await.map_err(|e| Unavailable(format!("cannot reach the gateway: {e}")))?;
+        let response = request.send().await.map_err(|e| Unavailable(format!("cannot reach the gateway: {e}")))?;
         let status = response.status();
+        let url = response.url().clone();
         let bytes = response.bytes().await.map_err(|e| Unavailable(format!("the answer broke off: {e}")))?;
-        debug!(%url, idempotency_key = %key, %status, "payment gateway answered");
+        debug!(%url, %status, "payment gateway answered");
         match classify(status) {
             Class::Accepted => Ok(Answer::Accepted(bytes.to_vec())),
             Class::Declined => Ok(Answer::Refused(reason_of(&bytes))),
@@ -182,6 +179,18 @@ impl HttpProvider {
             }
             Class::Unavailable => Err(Unavailable(format!("the gateway answered {status}: {}", reason_of(&bytes)))),
         }
+    }
+
+    /// `POST {path}` with `body` under the idempotency key `key`.
+    async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        traceparent: Option<&str>,
+        body: &(impl Serialize + Sync),
+    ) -> Result<Body, ProviderError> {
+        self.send(traceparent, |client, base| client.post(format!("{base}{path}")).header(IDEMPOTENCY_KEY, key).json(body))
+            .await
     }
 }
 
@@ -200,15 +209,28 @@ impl PaymentProvider for HttpProvider {
             customer: req.customer,
         };
         let answer: wire::ChargeAnswer =
-            decode(&self.send("/v1/charges", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
+            decode(&self.post("/v1/charges", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
         Ok(Charge { charge_id: answer.charge_id, amount: req.amount })
     }
 
     async fn refund(&self, req: &RefundRequest) -> Result<Refund, ProviderError> {
         let body = wire::RefundBody { charge_id: req.charge_id.clone(), amount: req.amount.amount };
         let answer: wire::RefundAnswer =
-            decode(&self.send("/v1/refunds", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
+            decode(&self.post("/v1/refunds", &req.idempotency_key, req.traceparent.as_deref(), &body).await?)?;
         Ok(Refund { refund_id: answer.refund_id, amount: req.amount })
+    }
+
+    async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError> {
+        let found = self
+            .send(None, |client, base| {
+                client.get(format!("{base}/v1/charges")).query(&[("idempotency_key", idempotency_key)])
+            })
+            .await?;
+        let list: wire::ChargeList = decode(&found)?;
+        let Some(answer) = list.data.into_iter().next() else { return Ok(None) };
+        let currency = Currency::parse(&answer.currency)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable gateway answer: {e}")))?;
+        Ok(Some(Charge { charge_id: answer.charge_id, amount: Money::new(answer.amount, currency) }))
     }
 }
 

@@ -14,7 +14,11 @@
 //!   order with a row is never sent to the gateway again.
 //! - **A void wins**: `refund_payment` for an order not yet charged records it `voided`, so a
 //!   charge that was delayed (gateway down, or in flight) never happens later — or, if it was
-//!   already on its way and landed, is refunded at once (reason [`LATE_CHARGE_REASON`]).
+//!   already on its way and landed, is refunded at once (reason [`LATE_CHARGE_REASON`]). That
+//!   includes a charge whose record was lost (the process died between the gateway's answer and
+//!   the commit): when the order is redelivered to a voided row, the gateway is asked whether it
+//!   holds a charge under the order's key ([`PaymentProvider::find_charge`]), and one it holds
+//!   is refunded.
 //! - **Refunded at most once**: key `refund-{order_id}`; a repeated command re-answers with the
 //!   same `payment_refunded`.
 

@@ -64,4 +64,8 @@ pub enum ProviderError {
 pub trait PaymentProvider: Send + Sync {
     async fn charge(&self, req: &ChargeRequest) -> Result<Charge, ProviderError>;
     async fn refund(&self, req: &RefundRequest) -> Result<Refund, ProviderError>;
+    /// The charge made with `idempotency_key`, if any — asked without charging. It settles an
+    /// outcome that was lost: a charge the gateway made whose answer never reached our records
+    /// (the process died, or its transaction failed, after the call).
+    async fn find_charge(&self, idempotency_key: &str) -> Result<Option<Charge>, ProviderError>;
 }

@@ -5,6 +5,9 @@
 //! - `POST /v1/charges` with an `Idempotency-Key` header and `{amount, currency, customer}` →
 //!   `201 {charge_id, status: "succeeded", amount, currency}` | `402 {status: "declined", reason}`
 //!   | `503` (a simulated outage).
+//! - `GET /v1/charges?idempotency_key=K` → `200 {data: [charge]}`: the charge made with that key,
+//!   if any (none for a key never used, declined or refused). It charges nothing, and is how a
+//!   client settles a charge whose answer it lost.
 //! - `POST /v1/refunds` with an `Idempotency-Key` header and `{charge_id, amount}` →
 //!   `201 {refund_id, charge_id, status: "succeeded", amount, currency}` | `404` unknown charge |
 //!   `422` more than is left of the charge | `503`.
@@ -146,7 +149,7 @@ impl Gateway {
 /// from `config` at each request.
 pub fn router(db: Db, config: Arc<RwLock<SimulatorConfig>>) -> Router {
     Router::new()
-        .route("/v1/charges", post(create_charge))
+        .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/refunds", post(create_refund))
         .route("/v1/ledger", get(ledger))
         .layer(axum::middleware::from_fn(in_trace))
@@ -398,6 +401,39 @@ async fn charge(
         return Ok(Answer { status: StatusCode::CREATED, body: response, replayed: false });
     }
     Err(Problem::conflict("a concurrent request with the same idempotency key is in progress; retry"))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChargesQuery {
+    idempotency_key: Option<String>,
+}
+
+async fn list_charges(
+    State(gateway): State<Gateway>,
+    Query(query): Query<ChargesQuery>,
+) -> Result<axum::Json<wire::ChargeList>, Problem> {
+    let key = query.idempotency_key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        Problem::bad_request("name the charge to find: `?idempotency_key=` the key it was made with")
+    })?;
+    let rows = gateway
+        .db
+        .query(
+            "SELECT charge_id, amount, currency FROM gateway_charges WHERE idempotency_key = $1",
+            &[key.trim().into()],
+        )
+        .await?;
+    let data = rows
+        .iter()
+        .map(|row| {
+            Ok(wire::ChargeAnswer {
+                charge_id: row.text(0)?.to_owned(),
+                status: "succeeded".into(),
+                amount: row.i64(1)?,
+                currency: row.text(2)?.to_owned(),
+            })
+        })
+        .collect::<db::Result<_>>()?;
+    Ok(axum::Json(wire::ChargeList { data }))
 }
 
 async fn create_refund(

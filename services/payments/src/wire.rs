@@ -30,6 +30,12 @@ pub struct ChargeAnswer {
     pub currency: String,
 }
 
+/// `GET /v1/charges?idempotency_key=K`: the charges made with that key (none or one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeList {
+    pub data: Vec<ChargeAnswer>,
+}
+
 /// `402` to a charge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Declined {

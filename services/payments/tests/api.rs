@@ -343,6 +343,70 @@ async fn a_charge_that_lands_after_a_void_is_refunded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_whose_record_was_lost_is_found_after_a_void_and_refunded() {
+    // A member charged the order at the gateway and died before its commit: the gateway holds
+    // the charge, the service has no row. The saga gives up and voids; then the order comes back.
+    let app = App::spawn(SimulatorConfig::instant()).await;
+    let mut payments = app.payments().await;
+    let mut commands = app.world.watch(topics::PAYMENT_COMMANDS).await;
+    let order = an_order();
+    let lost = app
+        .provider
+        .charge(&ChargeRequest {
+            idempotency_key: format!("charge-{}", order.order_id),
+            amount: order.total,
+            customer: order.user_id,
+            traceparent: None,
+        })
+        .await
+        .expect("the gateway charges");
+
+    app.world.publish("saga", &refund_of(&order, "payment timed out")).await;
+    let (voided, _) = payments.expect::<PaymentRefunded>(|p| p.order_id == order.order_id).await;
+    assert_eq!(voided.amount.amount, 0, "nothing was on record: a void");
+
+    app.world.publish("orders", &order).await;
+    let (late, _) =
+        commands.expect::<RefundPayment>(|c| c.order_id == order.order_id && c.reason == LATE_CHARGE_REASON).await;
+    assert_eq!(late.order_id, order.order_id);
+    let (refunded, _) = payments.expect::<PaymentRefunded>(|p| p.order_id == order.order_id).await;
+    assert_eq!(refunded.amount, order.total, "the charge nobody recorded goes back in full");
+
+    let seen = payments.drain(QUIET).await;
+    assert!(about::<PaymentSuccessful>(seen, order.order_id).is_empty(), "a cancelled order is never reported paid");
+    assert!(about::<PaymentFailed>(seen, order.order_id).is_empty(), "the charge was found, so it is not 'never charged'");
+    let ledger = app.ledger().await;
+    assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(1), Some(1)), "{ledger}");
+    assert_eq!(ledger["refunded_total"], ledger["charged_total"]);
+    let refund = &ledger["by_key"][format!("refund-{}", order.order_id)]["response"];
+    assert_eq!(refund["charge_id"], lost.charge_id.as_str(), "the refund names the lost charge");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_finds_a_charge_by_its_key_without_charging() {
+    let app = App::spawn(SimulatorConfig::instant()).await;
+    let order = an_order();
+    let key = format!("charge-{}", order.order_id);
+    assert_eq!(app.provider.find_charge(&key).await.expect("the gateway answers"), None);
+    let charge = app
+        .provider
+        .charge(&ChargeRequest { idempotency_key: key.clone(), amount: order.total, customer: order.user_id, traceparent: None })
+        .await
+        .expect("the gateway charges");
+    assert_eq!(app.provider.find_charge(&key).await.expect("the gateway answers"), Some(charge));
+    let ledger = app.ledger().await;
+    assert_eq!(ledger["charges"], 1, "looking charged nothing: {ledger}");
+    assert_eq!(ledger["by_key"][&key]["requests"], 1, "looking is not a request under the key: {ledger}");
+
+    let missing = app.http.get(format!("{}/v1/charges", app.gateway.url())).send().await.expect("sent");
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = missing.json().await.expect("a problem body");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("idempotency_key")), "{problem}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_gateway_is_unavailable_and_opens_the_breaker() {
     // A port nobody listens on.
     let closed = tokio::net::TcpListener::bind(loopback()).await.unwrap().local_addr().unwrap();

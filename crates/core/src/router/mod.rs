@@ -9,7 +9,9 @@
 //!    router, so a flood on one topic cannot take every worker. A message waits for a permit
 //!    *before* anything else happens, so waiting costs nothing but memory.
 //! 2. **Decode and verify** — a message whose type the handler does not
-//!    [`accept`](Handler::accepts) is acked here, untouched. Others must be a CloudEvent with a
+//!    [`accept`](Handler::accepts) is acked here, untouched (a transport that filters by type
+//!    settles it before delivery: see [`Subscriber::subscribe_filtered`]). Others must be a
+//!    CloudEvent with a
 //!    valid signature. If not,
 //!    it goes straight to the dead-letter queue: retrying cannot fix bytes, and a forged event
 //!    must never reach a handler.
@@ -311,7 +313,11 @@ impl Router {
         let shared = Arc::new(Shared { kernel: self.kernel, options: self.options });
         let mut subscriptions = Vec::new();
         for route in self.routes {
-            let subscription = shared.kernel.subscriber.subscribe(&route.topic, &route.group).await?;
+            // The transport may settle the types the handler ignores without delivering them.
+            let handler = route.handler.clone();
+            let wants: bus::TypeFilter = Arc::new(move |kind: &str| handler.accepts(kind));
+            let subscription =
+                shared.kernel.subscriber.subscribe_filtered(&route.topic, &route.group, wants).await?;
             subscriptions.push((route, subscription));
         }
         if subscriptions.is_empty() {
@@ -438,7 +444,7 @@ impl Shared {
     /// dead-letters what does not decode or verify, and opens the delivery's span.
     async fn screen(&self, route: &Route, delivery: Delivery) -> Option<Screened> {
         // Types the handler ignores are settled here (binary mode names the type in a header).
-        if delivery.message.headers.get("ce-type").is_some_and(|kind| !route.handler.accepts(kind)) {
+        if delivery.message.headers.get(bus::TYPE_HEADER).is_some_and(|kind| !route.handler.accepts(kind)) {
             if let Err(e) = delivery.ack().await {
                 debug!(error = %e, "ack of an ignored message failed; it will be skipped again");
             }

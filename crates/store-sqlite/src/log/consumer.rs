@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
-use weir_core::bus::{self, Acker, Delivery, Message};
+use weir_core::bus::{self, Acker, Delivery, Message, TypeFilter};
 
 use super::{
     Event, LogOptions, Outcome, Registry, decode_headers, now_ms,
@@ -42,6 +42,8 @@ pub(crate) struct Setup {
     pub registry: Arc<Registry>,
     pub member_id: u64,
     pub wake_pending: Arc<AtomicBool>,
+    /// The types the member acts on; the others are settled here, never delivered.
+    pub wants: Option<TypeFilter>,
 }
 
 /// A message read through the cursor and not yet passed by the committed position.
@@ -159,6 +161,7 @@ pub(crate) struct Consumer {
     registry: Arc<Registry>,
     member_id: u64,
     wake_pending: Arc<AtomicBool>,
+    wants: Option<TypeFilter>,
     parts: Vec<Option<Part>>,
     in_flight: usize,
     next_epoch: u64,
@@ -191,6 +194,7 @@ impl Consumer {
             registry: s.registry,
             member_id: s.member_id,
             wake_pending: s.wake_pending,
+            wants: s.wants,
             in_flight: 0,
             next_epoch: 0,
             dirty: false,
@@ -573,6 +577,13 @@ impl Consumer {
     /// its key's outstanding delivery, or delivered.
     fn accept(&mut self, part: &mut Part, id: i64, message: Message) {
         let seq = part.base_seq + part.window.len() as u64;
+        if self.wants.as_ref().is_some_and(|wants| bus::refused_by(wants, &message)) {
+            // Nothing to do for this member: settled in place (its key's order is unaffected,
+            // since a message not handled cannot overtake anything).
+            part.window.push_back(Slot { id, key: message.key, settled: true });
+            self.dirty = true;
+            return;
+        }
         let key = message.key.clone();
         if part.retries.contains_key(&key) {
             part.window.push_back(Slot { id, key: key.clone(), settled: true });

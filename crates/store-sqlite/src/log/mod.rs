@@ -48,7 +48,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 use weir_core::bus::{
-    self, Capabilities, Delivery, DeliveryStream, Headers, Message, Publisher, Subscriber, Subscription, validate_name,
+    self, Capabilities, Delivery, DeliveryStream, Headers, Message, Publisher, Subscriber, Subscription, TypeFilter,
+    validate_name,
 };
 
 use self::{
@@ -182,8 +183,7 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     } else {
         Connection::open(path)?
     };
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.set_prepared_statement_cache_capacity(64);
+    crate::sql::configure(&conn, 64)?;
     Ok(conn)
 }
 
@@ -275,6 +275,22 @@ impl Subscriber for SqliteLog {
     /// the group, in this process or another, give up extras) and resumes each from the group's
     /// committed position. Deliveries of one key come one at a time, in order.
     async fn subscribe(&self, topic: &str, group: &str) -> bus::Result<Subscription> {
+        self.join(topic, group, None).await
+    }
+
+    /// As [`subscribe`](Self::subscribe); the consumer thread settles refused types itself, as
+    /// soon as it reads them.
+    async fn subscribe_filtered(&self, topic: &str, group: &str, wants: TypeFilter) -> bus::Result<Subscription> {
+        self.join(topic, group, Some(wants)).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+impl SqliteLog {
+    async fn join(&self, topic: &str, group: &str, wants: Option<TypeFilter>) -> bus::Result<Subscription> {
         validate_name(topic)?;
         validate_name(group)?;
         let (reply, answer) = oneshot::channel();
@@ -301,6 +317,7 @@ impl Subscriber for SqliteLog {
             registry: self.inner.registry.clone(),
             member_id,
             wake_pending,
+            wants,
         });
         let spawned = std::thread::Builder::new().name("weir-log-consumer".into()).spawn(move || consumer.run());
         if let Err(e) = spawned {
@@ -308,10 +325,6 @@ impl Subscriber for SqliteLog {
             return Err(bus::Error::transport(e));
         }
         Ok(Subscription::new(LogStream { deliveries, events: events_tx, registry: self.inner.registry.clone() }))
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
     }
 }
 
