@@ -46,10 +46,10 @@ pub struct UpArgs {
     /// Address of the simulated payment gateway (its ledger is at /v1/ledger); port 0 picks one.
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_LISTEN", default_value = "127.0.0.1:0")]
     pub payment_gateway_listen: SocketAddr,
-    /// How long the saga waits for a payment before cancelling the order, in milliseconds. Keep
-    /// it well above the bus's 10 s lease: after a crash, payments gets the order again only
-    /// once the dead process's lease expires, and a charge made just before the crash is
-    /// recorded then.
+    /// How long the saga waits for a payment before cancelling the order, in milliseconds. Above
+    /// the bus's 10 s lease, an order whose charge was cut short by a crash still completes
+    /// (payments gets it again once the dead process's lease expires); below it, such an order
+    /// is cancelled and the charge, found at the gateway by its key, refunded.
     #[arg(long, env = "WEIR_PAYMENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub payment_timeout_ms: u64,
     /// How long the saga waits for a stock reservation, in milliseconds.

@@ -62,7 +62,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             // Above the embedded bus's 10 s lease, so a crashed payments member's orders are
-            // redelivered (and a charge made before the crash recorded) before the saga gives up.
+            // redelivered (and a charge made before the crash recorded) before the saga gives up:
+            // they complete instead of being cancelled and refunded.
             payment_timeout: Duration::from_secs(30),
             stock_timeout: Duration::from_secs(10),
             router: RouterOptions::default(),
