@@ -26,7 +26,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
-    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -34,7 +33,7 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 use weir_core::db::{Database, Dialect, Error, Result, Row, Transaction, Value};
 
-use crate::sql::{Param, configure, map_err, rewrite_params, to_value};
+use crate::sql::{Param, configure, control, map_err, rewrite_params, space_commits, to_value};
 
 /// Read-only connections kept for [`Database::query`].
 const READER_POOL: usize = 4;
@@ -153,9 +152,12 @@ impl Shared {
     }
 }
 
-/// The flusher: one physical `COMMIT` per wake-up, for every transaction that committed before it.
+/// The flusher: one physical `COMMIT` per wake-up, for every transaction that committed before it,
+/// at most one per [`COMMIT_SPACING`](crate::sql::COMMIT_SPACING).
 fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>, pending: Arc<AtomicBool>) {
+    let mut last_commit = std::time::Instant::now();
     while woken.recv().is_ok() {
+        space_commits(last_commit);
         // Cleared before taking the lock: a waiter registered after this point either joins
         // this round or sends a new wake-up.
         pending.store(false, Ordering::Release);
@@ -166,6 +168,7 @@ fn flusher(writer: Arc<Mutex<Writer>>, woken: mpsc::Receiver<()>, pending: Arc<A
         if waiters.is_empty() {
             continue;
         }
+        last_commit = std::time::Instant::now();
         let outcome = if w.in_transaction {
             let result = control(&w.conn, "COMMIT");
             if result.is_err() && !w.conn.is_autocommit() {
@@ -216,13 +219,6 @@ fn deferred_foreign_key_violations(conn: &Connection) -> i32 {
         )
     };
     if rc == rusqlite::ffi::SQLITE_OK { current } else { 0 }
-}
-
-/// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, `RELEASE`, `COMMIT`, …) from the
-/// statement cache: every logical transaction runs several, and parsing them anew each time
-/// showed in profiles.
-fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn run_execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u64> {

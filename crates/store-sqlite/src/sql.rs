@@ -35,6 +35,27 @@ pub(crate) fn configure(conn: &Connection, statement_cache: usize) -> rusqlite::
     Ok(())
 }
 
+/// The least time between two physical commits of one file (the database's flusher, the log's
+/// writer). Each commit writes every page its batch touched and syncs: committing as soon as
+/// anything is ready made a busy file commit thousands of times a second, rewriting the same hot
+/// pages each time, so the work grew with the time available rather than with the load. A
+/// commit after a quiet spell is not delayed; under load, what arrives meanwhile joins the batch.
+pub(crate) const COMMIT_SPACING: Duration = Duration::from_millis(1);
+
+/// Waits out what is left of [`COMMIT_SPACING`] since `last`.
+pub(crate) fn space_commits(last: std::time::Instant) {
+    if let Some(left) = COMMIT_SPACING.checked_sub(last.elapsed()) {
+        std::thread::sleep(left);
+    }
+}
+
+/// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`, `RELEASE`, `COMMIT`, …) from the
+/// statement cache: every logical transaction runs several, and parsing them anew each time
+/// showed in profiles.
+pub(crate) fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Rewrites portable `$1, $2, …` parameters into SQLite's numbered `?1, ?2, …`.
 ///
 /// SQLite would accept `$1` too, but as a *named* parameter numbered by first appearance, so

@@ -244,8 +244,13 @@ async fn a_filtered_member_gets_only_its_types_in_order_and_passes_the_rest() {
         m.headers.insert(TYPE_HEADER.into(), kind.into());
         m
     };
-    let published =
-        vec![typed("a", 0, "wanted"), typed("a", 1, "ignored"), msg("a", 2), typed("b", 3, "ignored"), typed("a", 4, "wanted")];
+    let published = vec![
+        typed("a", 0, "wanted"),
+        typed("a", 1, "ignored"),
+        msg("a", 2),
+        typed("b", 3, "ignored"),
+        typed("a", 4, "wanted"),
+    ];
     log.publish("t", published.clone()).await.expect("publish");
     let wants: TypeFilter = Arc::new(|kind: &str| kind == "wanted");
     let mut sub = log.subscribe_filtered("t", "g", wants).await.expect("subscribe");

@@ -189,8 +189,10 @@ impl HttpProvider {
         traceparent: Option<&str>,
         body: &(impl Serialize + Sync),
     ) -> Result<Body, ProviderError> {
-        self.send(traceparent, |client, base| client.post(format!("{base}{path}")).header(IDEMPOTENCY_KEY, key).json(body))
-            .await
+        self.send(traceparent, |client, base| {
+            client.post(format!("{base}{path}")).header(IDEMPOTENCY_KEY, key).json(body)
+        })
+        .await
     }
 }
 

@@ -412,9 +412,10 @@ async fn list_charges(
     State(gateway): State<Gateway>,
     Query(query): Query<ChargesQuery>,
 ) -> Result<axum::Json<wire::ChargeList>, Problem> {
-    let key = query.idempotency_key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-        Problem::bad_request("name the charge to find: `?idempotency_key=` the key it was made with")
-    })?;
+    let key = query
+        .idempotency_key
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| Problem::bad_request("name the charge to find: `?idempotency_key=` the key it was made with"))?;
     let rows = gateway
         .db
         .query(

@@ -374,7 +374,10 @@ async fn a_charge_whose_record_was_lost_is_found_after_a_void_and_refunded() {
 
     let seen = payments.drain(QUIET).await;
     assert!(about::<PaymentSuccessful>(seen, order.order_id).is_empty(), "a cancelled order is never reported paid");
-    assert!(about::<PaymentFailed>(seen, order.order_id).is_empty(), "the charge was found, so it is not 'never charged'");
+    assert!(
+        about::<PaymentFailed>(seen, order.order_id).is_empty(),
+        "the charge was found, so it is not 'never charged'"
+    );
     let ledger = app.ledger().await;
     assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(1), Some(1)), "{ledger}");
     assert_eq!(ledger["refunded_total"], ledger["charged_total"]);
@@ -391,7 +394,12 @@ async fn the_gateway_finds_a_charge_by_its_key_without_charging() {
     assert_eq!(app.provider.find_charge(&key).await.expect("the gateway answers"), None);
     let charge = app
         .provider
-        .charge(&ChargeRequest { idempotency_key: key.clone(), amount: order.total, customer: order.user_id, traceparent: None })
+        .charge(&ChargeRequest {
+            idempotency_key: key.clone(),
+            amount: order.total,
+            customer: order.user_id,
+            traceparent: None,
+        })
         .await
         .expect("the gateway charges");
     assert_eq!(app.provider.find_charge(&key).await.expect("the gateway answers"), Some(charge));

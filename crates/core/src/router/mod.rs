@@ -316,8 +316,7 @@ impl Router {
             // The transport may settle the types the handler ignores without delivering them.
             let handler = route.handler.clone();
             let wants: bus::TypeFilter = Arc::new(move |kind: &str| handler.accepts(kind));
-            let subscription =
-                shared.kernel.subscriber.subscribe_filtered(&route.topic, &route.group, wants).await?;
+            let subscription = shared.kernel.subscriber.subscribe_filtered(&route.topic, &route.group, wants).await?;
             subscriptions.push((route, subscription));
         }
         if subscriptions.is_empty() {

@@ -3,8 +3,10 @@
 //! A handler never publishes to the broker: it [`enqueue`](Outbox::enqueue)s its output events
 //! in the transaction that changes its state, so either both commit or neither does. The
 //! [`Relay`] then publishes committed rows in order and deletes them once the broker has
-//! acknowledged them. A crash between publish and delete publishes a row again on restart —
-//! at-least-once, made exactly-once in effect by the consumers' inbox.
+//! acknowledged them — together, at most [`RelayOptions::delete_after`] after their publish, so
+//! that a busy relay does not pay a commit per round for its deletes. A crash between publish
+//! and delete publishes a row again on restart — at-least-once, made exactly-once in effect by
+//! the consumers' inbox.
 
 use std::{
     sync::Arc,
@@ -73,6 +75,7 @@ impl Outbox {
             wake: self.wake.clone(),
             options: RelayOptions::default(),
             renew_after: std::sync::Mutex::new(None),
+            published: std::sync::Mutex::new(Published::default()),
         }
     }
 }
@@ -86,12 +89,32 @@ pub struct RelayOptions {
     pub poll: Duration,
     /// How long the relay's lease lasts; another relay takes over after it expires.
     pub lease: Duration,
+    /// Published rows are deleted together, this long after the first of them was published
+    /// (or once a batch of them waits). A row published twice because of a crash in between is
+    /// absorbed by the consumers' inbox.
+    pub delete_after: Duration,
 }
 
 impl Default for RelayOptions {
     fn default() -> Self {
-        Self { batch: 2000, poll: Duration::from_millis(500), lease: Duration::from_secs(10) }
+        Self {
+            batch: 2000,
+            poll: Duration::from_millis(500),
+            lease: Duration::from_secs(10),
+            delete_after: Duration::from_millis(50),
+        }
     }
+}
+
+/// Rows this relay has published and not deleted yet.
+#[derive(Default)]
+struct Published {
+    seqs: Vec<i64>,
+    /// Rounds read past this: the rows up to it are published. It goes back to 0 when they are
+    /// deleted, so a row that committed after a higher one (PostgreSQL hands out `seq` before
+    /// the commit) is found by the next round.
+    after: i64,
+    since: Option<Instant>,
 }
 
 /// Publishes committed outbox rows; at most one relay per database is active at a time.
@@ -103,6 +126,7 @@ pub struct Relay {
     /// The owner whose lease this relay holds, and when to renew it (half its life): renewing
     /// is a write, and every round renewing cost a commit per round.
     renew_after: std::sync::Mutex<Option<(String, Instant)>>,
+    published: std::sync::Mutex<Published>,
 }
 
 impl Relay {
@@ -120,9 +144,11 @@ impl Relay {
                 Ok(n) if n as i64 >= self.options.batch => failures = 0,
                 Ok(_) => {
                     failures = 0;
+                    // Back when the published rows are due for deletion, if not woken before.
+                    let pause = self.delete_due_in().map_or(self.options.poll, |due| due.min(self.options.poll));
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.options.poll) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
@@ -137,7 +163,41 @@ impl Relay {
                 }
             }
         }
+        if let Err(e) = self.delete_published().await {
+            warn!(error = %e, "could not delete published outbox rows at shutdown; they will be published again");
+        }
         let _ = lease::release(self.db.as_ref(), "weir-outbox-relay", &owner).await;
+    }
+
+    fn published(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long until the published rows are due for deletion; `None` if there are none.
+    fn delete_due_in(&self) -> Option<Duration> {
+        let published = self.published();
+        if published.seqs.len() >= self.options.batch as usize {
+            return Some(Duration::ZERO);
+        }
+        published.since.map(|since| self.options.delete_after.saturating_sub(since.elapsed()))
+    }
+
+    /// Deletes the rows this relay has published (`run` does so at most
+    /// [`RelayOptions::delete_after`] after their publish); returns how many.
+    pub async fn delete_published(&self) -> Result<usize> {
+        let done: Vec<Vec<Value>> = self.published().seqs.iter().map(|&seq| vec![seq.into()]).collect();
+        if !done.is_empty() {
+            // Exactly the rows published: on PostgreSQL a lower seq may commit later.
+            let mut tx = self.db.begin().await?;
+            tx.execute_many("DELETE FROM weir_outbox WHERE seq = $1", &done).await?;
+            tx.commit().await?;
+        }
+        let mut published = self.published();
+        published.seqs.drain(..done.len());
+        if published.seqs.is_empty() {
+            *published = Published::default();
+        }
+        Ok(done.len())
     }
 
     /// Whether `owner` holds the relay lease, renewing it once half its life has passed.
@@ -154,32 +214,41 @@ impl Relay {
         Ok(held)
     }
 
-    /// Publishes one batch; returns how many rows it published.
+    /// Publishes one batch of rows not published yet, after deleting the published ones if
+    /// they are due; returns how many rows it published.
     pub async fn round(&self, owner: &str) -> Result<usize> {
         if !self.hold_lease(owner).await? {
             // Another relay is active; `run` waits a poll interval (or shutdown) and asks again.
             return Ok(0);
         }
+        if self.delete_due_in() == Some(Duration::ZERO) {
+            self.delete_published().await?;
+        }
+        let after = self.published().after;
         let rows = self
             .db
-            .query("SELECT seq, topic, envelope FROM weir_outbox ORDER BY seq LIMIT $1", &[self.options.batch.into()])
+            .query(
+                "SELECT seq, topic, envelope FROM weir_outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[after.into(), self.options.batch.into()],
+            )
             .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut published: Vec<(String, Message)> = Vec::with_capacity(rows.len());
-        let mut done: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+        let mut messages: Vec<(String, Message)> = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
         for row in &rows {
-            published.push((row.text(1)?.to_owned(), Event::from_json(row.blob(2)?)?.to_message()));
-            done.push(vec![row.i64(0)?.into()]);
+            messages.push((row.text(1)?.to_owned(), Event::from_json(row.blob(2)?)?.to_message()));
+            seqs.push(row.i64(0)?);
         }
-        for (topic, messages) in group_by_topic(published) {
+        for (topic, messages) in group_by_topic(messages) {
             self.publisher.publish(&topic, messages).await?;
         }
-        // Delete exactly the rows published: on PostgreSQL a lower seq may commit later.
-        let mut tx = self.db.begin().await?;
-        tx.execute_many("DELETE FROM weir_outbox WHERE seq = $1", &done).await?;
-        tx.commit().await?;
+        let mut published = self.published();
+        published.after = seqs.iter().copied().fold(published.after, i64::max);
+        published.seqs.extend(seqs);
+        published.since.get_or_insert_with(Instant::now);
+        drop(published);
         metrics::counter!("weir_outbox_published_total").increment(rows.len() as u64);
         debug!(published = rows.len(), "outbox relay round");
         Ok(rows.len())

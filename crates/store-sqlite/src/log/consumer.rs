@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -44,6 +44,43 @@ pub(crate) struct Setup {
     pub wake_pending: Arc<AtomicBool>,
     /// The types the member acts on; the others are settled here, never delivered.
     pub wants: Option<TypeFilter>,
+    pub acks: Arc<Acks>,
+}
+
+/// How often a consumer thread with deliveries out looks at its queued acks, if nothing wakes it.
+const ACK_LOOK: Duration = Duration::from_millis(5);
+
+/// Acks on their way to the consumer thread.
+///
+/// An ack rarely needs an answer at once: only when the consumer holds a later message of the
+/// same key, or is near its in-flight limit. So acks are queued here without waking the thread,
+/// which takes them at its next wake-up anyway (a publish, a timer: at most [`ACK_LOOK`] later
+/// while deliveries are out); under load the thread used to wake once per ack. When the
+/// consumer needs its acks promptly it sets `eager`, and each ack then wakes it. Nacks always
+/// wake it (they are rare, and move messages to the retries).
+#[derive(Default)]
+pub(crate) struct Acks {
+    queue: Mutex<AckQueue>,
+    eager: AtomicBool,
+}
+
+#[derive(Default)]
+struct AckQueue {
+    acked: Vec<(u32, u64, Target)>,
+    /// The subscription was dropped: later acks count for nothing (their messages go to the
+    /// next member), as they did when every ack travelled behind the `Close` in one channel.
+    closed: bool,
+}
+
+impl Acks {
+    fn queue(&self) -> std::sync::MutexGuard<'_, AckQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called when the subscription is dropped, before the consumer is told to close.
+    pub(crate) fn close(&self) {
+        self.queue().closed = true;
+    }
 }
 
 /// A message read through the cursor and not yet passed by the committed position.
@@ -162,8 +199,11 @@ pub(crate) struct Consumer {
     member_id: u64,
     wake_pending: Arc<AtomicBool>,
     wants: Option<TypeFilter>,
+    acks: Arc<Acks>,
     parts: Vec<Option<Part>>,
     in_flight: usize,
+    /// Messages waiting behind an outstanding delivery of their key, in every part.
+    waiting: usize,
     next_epoch: u64,
     dirty: bool,
     last_flush: Instant,
@@ -195,7 +235,9 @@ impl Consumer {
             member_id: s.member_id,
             wake_pending: s.wake_pending,
             wants: s.wants,
+            acks: s.acks,
             in_flight: 0,
+            waiting: 0,
             next_epoch: 0,
             dirty: false,
             last_flush: now,
@@ -213,6 +255,11 @@ impl Consumer {
         // A new member: let the others give up their extra partitions now.
         self.registry.rebalance_group(self.info.id, &self.member.group, self.member_id);
         'run: loop {
+            // Ask to be woken by acks only when one could release something; the order matters
+            // (see `LogAcker::send`): the flag first, then the queue.
+            let eager = self.waiting > 0 || self.in_flight * 2 >= self.options.max_in_flight;
+            self.acks.eager.store(eager, Ordering::SeqCst);
+            self.take_acks();
             let timeout = if self.can_fetch() { Duration::ZERO } else { self.sleep_time() };
             let first = match self.events.recv_timeout(timeout) {
                 Ok(event) => Some(event),
@@ -235,6 +282,7 @@ impl Consumer {
                     }
                 }
             }
+            self.take_acks();
             let now = Instant::now();
             if self.rebalance || now >= self.next_heartbeat {
                 self.flush();
@@ -250,6 +298,8 @@ impl Consumer {
                 self.flush();
             }
         }
+        // Acks made before the close still count.
+        self.take_acks();
         self.flush();
         let (reply, answer) = mpsc::channel();
         if self.writer.send(WriteOp::Leave { member: self.member.clone(), reply }).is_ok() {
@@ -257,6 +307,14 @@ impl Consumer {
         }
         self.registry.remove(self.member_id);
         self.registry.rebalance_group(self.info.id, &self.member.group, self.member_id);
+    }
+
+    /// Settles the queued acks, in bulk.
+    fn take_acks(&mut self) {
+        let acked = std::mem::take(&mut self.acks.queue().acked);
+        for (partition, epoch, target) in acked {
+            self.settle(partition, epoch, target, Outcome::Ack);
+        }
     }
 
     /// Returns false when the consumer must stop.
@@ -267,6 +325,8 @@ impl Consumer {
                 self.wake_pending.store(false, Ordering::Release);
                 self.mark_more();
             }
+            // Queued acks are taken after every wake-up.
+            Event::Acked => {}
             Event::Rebalance => self.rebalance = true,
             Event::Lost(partitions) => {
                 for p in partitions {
@@ -298,6 +358,10 @@ impl Consumer {
         if self.retry_scan {
             return Duration::ZERO;
         }
+        if self.in_flight > 0 {
+            // Acks of deliveries out are queued without a wake-up: look at least this often.
+            deadline = deadline.min(now + ACK_LOOK);
+        }
         if let Some(due) = self.next_retry_ms {
             let wait = u64::try_from(due - now_ms()).unwrap_or(0);
             deadline = deadline.min(now + Duration::from_millis(wait));
@@ -308,6 +372,7 @@ impl Consumer {
     fn drop_part(&mut self, partition: u32) {
         if let Some(part) = self.parts.get_mut(partition as usize).and_then(Option::take) {
             self.in_flight = self.in_flight.saturating_sub(part.in_flight);
+            self.waiting = self.waiting.saturating_sub(part.busy.values().map(VecDeque::len).sum());
             tracing::debug!(topic = %self.topic, group = %self.member.group, partition, "partition lease ended");
         }
     }
@@ -358,6 +423,7 @@ impl Consumer {
     fn deliver(&mut self, part: &mut Part, target: Target, message: Message, attempt: u32) {
         let acker = LogAcker {
             events: self.events_tx.clone(),
+            acks: self.acks.clone(),
             partition: part.partition,
             epoch: part.epoch,
             target,
@@ -394,7 +460,10 @@ impl Consumer {
             Outcome::Ack => {
                 let next = part.busy.get_mut(&key).and_then(VecDeque::pop_front);
                 match next {
-                    Some(w) => self.deliver(part, Target::Cursor(w.seq), w.message, 1),
+                    Some(w) => {
+                        self.waiting = self.waiting.saturating_sub(1);
+                        self.deliver(part, Target::Cursor(w.seq), w.message, 1);
+                    }
                     None => {
                         part.busy.remove(&key);
                     }
@@ -406,6 +475,7 @@ impl Consumer {
                 let visible_at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
                 part.park(&key, RetryEntry { id, attempts: 1, visible_at, in_flight: false, message: None });
                 for w in part.busy.remove(&key).unwrap_or_default() {
+                    self.waiting = self.waiting.saturating_sub(1);
                     if let Some(slot) = part.slot(w.seq) {
                         slot.settled = true;
                     }
@@ -592,6 +662,7 @@ impl Consumer {
             self.retry_scan = true;
         } else if let Some(waiting) = part.busy.get_mut(&key) {
             waiting.push_back(Waiting { seq, id, message });
+            self.waiting += 1;
             part.window.push_back(Slot { id, key, settled: false });
         } else {
             part.busy.insert(key.clone(), VecDeque::new());
@@ -658,6 +729,7 @@ fn load_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<Message>>
 /// Settles one delivery by telling its consumer thread; dropping it unsettled is `nack(0)`.
 struct LogAcker {
     events: mpsc::Sender<Event>,
+    acks: Arc<Acks>,
     partition: u32,
     epoch: u64,
     target: Target,
@@ -669,6 +741,21 @@ impl LogAcker {
         if self.settled.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if let Outcome::Ack = outcome {
+            // Queue first, then read the flag: the consumer sets the flag before it empties the
+            // queue, so either it takes this ack or it asked to be woken for it.
+            {
+                let mut queue = self.acks.queue();
+                if queue.closed {
+                    return Err(bus::Error::Closed);
+                }
+                queue.acked.push((self.partition, self.epoch, self.target.clone()));
+            }
+            if self.acks.eager.load(Ordering::SeqCst) {
+                self.events.send(Event::Acked).map_err(|_| bus::Error::Closed)?;
+            }
+            return Ok(());
+        }
         let event =
             Event::Settle { partition: self.partition, epoch: self.epoch, target: self.target.clone(), outcome };
         self.events.send(event).map_err(|_| bus::Error::Closed)
@@ -678,7 +765,8 @@ impl LogAcker {
 #[async_trait::async_trait]
 impl Acker for LogAcker {
     /// Marks the message settled; its group's position passes it with the next batched commit
-    /// (so a crash before then redelivers it). Fails with `Closed` once the subscription is gone.
+    /// (so a crash before then redelivers it). Fails with `Closed` once the subscription is
+    /// gone: the next member gets the message again.
     async fn ack(&self) -> bus::Result<()> {
         self.send(Outcome::Ack)
     }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use weir_core::bus::{self, Message, partition_of};
 
 use super::{Event, Registry, encode_headers, now_ms};
+use crate::sql::{control, space_commits};
 
 /// Operations stop being drained into one batch past this many.
 const MAX_BATCH_OPS: usize = 4096;
@@ -132,8 +133,11 @@ impl LogWriter {
     /// Runs until every sender of `ops` is gone.
     pub(crate) fn run(mut self, ops: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::new();
+        let mut last_commit = std::time::Instant::now();
         while let Ok(op) = ops.recv() {
             batch.push(op);
+            space_commits(last_commit);
+            last_commit = std::time::Instant::now();
             while batch.len() < MAX_BATCH_OPS {
                 match ops.try_recv() {
                     Ok(op) => batch.push(op),
@@ -145,7 +149,7 @@ impl LogWriter {
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<WriteOp>) {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = control(&self.conn, "BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "log writer cannot begin a transaction");
             let done = batch.drain(..).map(|op| self.skipped(op)).collect();
             self.answer(done, Some(e));
@@ -154,23 +158,25 @@ impl LogWriter {
         let mut done = Vec::with_capacity(batch.len());
         for op in batch.drain(..) {
             // A savepoint per operation: one bad operation fails alone, not its batch-mates.
-            if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
+            if let Err(e) = control(&self.conn, "SAVEPOINT op") {
                 done.push(self.fail(op, e));
                 continue;
             }
             let applied = self.apply(op);
             let failed = applied.failed();
-            let end = if failed { "ROLLBACK TO op; RELEASE op" } else { "RELEASE op" };
-            if failed {
+            let ended = if failed {
                 // The rolled-back savepoint may have held a topic this cache remembers.
                 self.topics.clear();
-            }
-            if let Err(e) = self.conn.execute_batch(end) {
+                control(&self.conn, "ROLLBACK TO op").and_then(|()| control(&self.conn, "RELEASE op"))
+            } else {
+                control(&self.conn, "RELEASE op")
+            };
+            if let Err(e) = ended {
                 tracing::error!(error = %e, "log writer cannot end a savepoint");
             }
             done.push(applied);
         }
-        let commit = self.conn.execute_batch("COMMIT");
+        let commit = control(&self.conn, "COMMIT");
         let error = match commit {
             Ok(()) => None,
             Err(e) => {
