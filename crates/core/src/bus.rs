@@ -147,7 +147,7 @@ pub type TypeFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub const TYPE_HEADER: &str = "ce-type";
 
 /// Whether `wants` refuses `message` by its type header (a message without one is wanted).
-pub fn refused_by(wants: &TypeFilter, message: &Message) -> bool {
+pub fn refused_by(wants: impl Fn(&str) -> bool, message: &Message) -> bool {
     message.headers.get(TYPE_HEADER).is_some_and(|kind| !wants(kind))
 }
 

@@ -443,7 +443,7 @@ impl Shared {
     /// dead-letters what does not decode or verify, and opens the delivery's span.
     async fn screen(&self, route: &Route, delivery: Delivery) -> Option<Screened> {
         // Types the handler ignores are settled here (binary mode names the type in a header).
-        if delivery.message.headers.get(bus::TYPE_HEADER).is_some_and(|kind| !route.handler.accepts(kind)) {
+        if bus::refused_by(|kind| route.handler.accepts(kind), &delivery.message) {
             if let Err(e) = delivery.ack().await {
                 debug!(error = %e, "ack of an ignored message failed; it will be skipped again");
             }
@@ -491,7 +491,7 @@ impl Shared {
         }
     }
 
-    /// 9. One transaction with a savepoint per message, so that a failing handler undoes only
+    /// Step 9: one transaction with a savepoint per message, so that a failing handler undoes only
     /// its own writes.
     async fn batch_transaction(
         &self,

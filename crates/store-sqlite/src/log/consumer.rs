@@ -647,7 +647,7 @@ impl Consumer {
     /// its key's outstanding delivery, or delivered.
     fn accept(&mut self, part: &mut Part, id: i64, message: Message) {
         let seq = part.base_seq + part.window.len() as u64;
-        if self.wants.as_ref().is_some_and(|wants| bus::refused_by(wants, &message)) {
+        if self.wants.as_ref().is_some_and(|wants| bus::refused_by(wants.as_ref(), &message)) {
             // Nothing to do for this member: settled in place (its key's order is unaffected,
             // since a message not handled cannot overtake anything).
             part.window.push_back(Slot { id, key: message.key, settled: true });
