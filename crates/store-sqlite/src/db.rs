@@ -7,16 +7,17 @@
 //! physical transaction:
 //!
 //! 1. `begin` takes the writer connection (a FIFO `tokio::sync::Mutex`, its owned guard held by
-//!    the [`Transaction`]), opens the physical transaction with `BEGIN IMMEDIATE` if none is open,
-//!    then `SAVEPOINT weir_tx`.
+//!    the [`Transaction`]) and opens the physical transaction with `BEGIN IMMEDIATE` — or, if one
+//!    is open (batch-mates committed into it and wait for its `COMMIT`), `SAVEPOINT weir_tx`.
 //! 2. Statements run inline: they take microseconds and need no thread hop.
-//! 3. `commit` releases the savepoint, registers a waiter, wakes the flusher, gives the
+//! 3. `commit` releases the savepoint (if any), registers a waiter, wakes the flusher, gives the
 //!    connection back and waits.
 //! 4. The flusher thread queues for the same FIFO lock — behind every transaction already
 //!    waiting, which is what batches them — runs one `COMMIT`, and answers every waiter with its
 //!    outcome. A failed `COMMIT` fails every transaction of the batch.
 //!
-//! Dropping a transaction rolls back to its savepoint only, so its batch-mates survive.
+//! Dropping a transaction rolls back to its savepoint only, so its batch-mates survive; the
+//! first of a batch has none to spare and rolls back the physical transaction.
 
 use std::{
     collections::HashMap,
@@ -258,15 +259,19 @@ impl Database for SqliteDatabase {
     /// would wait for itself.
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         let mut guard = self.shared.writer.clone().lock_owned().await;
-        if !guard.in_transaction {
+        // Only a transaction that joins committed batch-mates needs a savepoint to undo itself
+        // alone; the first of a batch rolls back the physical transaction instead.
+        let savepoint = guard.in_transaction;
+        if savepoint {
+            if let Err(e) = control(&guard.conn, "SAVEPOINT weir_tx") {
+                guard.physical_transaction_lost();
+                return Err(map_err(e));
+            }
+        } else {
             control(&guard.conn, "BEGIN IMMEDIATE").map_err(map_err)?;
             guard.in_transaction = true;
         }
-        if let Err(e) = control(&guard.conn, "SAVEPOINT weir_tx") {
-            guard.physical_transaction_lost();
-            return Err(map_err(e));
-        }
-        Ok(Box::new(SqliteTransaction { guard: Some(guard), shared: self.shared.clone(), broken: false }))
+        Ok(Box::new(SqliteTransaction { guard: Some(guard), shared: self.shared.clone(), savepoint, broken: false }))
     }
 
     /// Runs on a pooled read-only connection, inline: a WAL reader never waits for the writer,
@@ -285,6 +290,9 @@ impl Database for SqliteDatabase {
 struct SqliteTransaction {
     guard: Option<OwnedMutexGuard<Writer>>,
     shared: Arc<Shared>,
+    /// It runs in savepoint `weir_tx` (batch-mates committed before it), not alone in the
+    /// physical transaction.
+    savepoint: bool,
     /// The physical transaction was rolled back under this one; it can only fail now.
     broken: bool,
 }
@@ -339,7 +347,9 @@ impl Transaction for SqliteTransaction {
         if violations > 0 {
             return Err(Error::Other(format!("FOREIGN KEY constraint failed ({violations} deferred violations)")));
         }
-        self.run(|conn| control(conn, "RELEASE weir_tx"))?;
+        if self.savepoint {
+            self.run(|conn| control(conn, "RELEASE weir_tx"))?;
+        }
         let (tx, rx) = oneshot::channel();
         let Some(mut writer) = self.guard.take() else {
             return Err(Error::Other("the transaction is finished".into()));
@@ -359,15 +369,15 @@ impl Drop for SqliteTransaction {
         if self.broken || !writer.in_transaction {
             return;
         }
-        // With no batch-mate waiting, end the physical transaction so that other processes are
-        // not kept from writing; otherwise undo only this transaction's savepoint.
-        let undone = if writer.waiters.is_empty() {
-            control(&writer.conn, "ROLLBACK")
-        } else {
+        // Alone in the physical transaction, end it, so that other processes are not kept from
+        // writing; after batch-mates, undo only this transaction's savepoint.
+        let undone = if self.savepoint {
             control(&writer.conn, "ROLLBACK TO weir_tx").and_then(|()| control(&writer.conn, "RELEASE weir_tx"))
+        } else {
+            control(&writer.conn, "ROLLBACK")
         };
         match undone {
-            Ok(()) if writer.waiters.is_empty() => writer.in_transaction = false,
+            Ok(()) if !self.savepoint => writer.in_transaction = false,
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "rollback of a dropped transaction failed");

@@ -20,6 +20,7 @@ use weir_core::{Context, Event, Handler, HandlerError, Outgoing, Prepared};
 pub(crate) const SOURCE: &str = "classification";
 
 /// What the model decided for one document (made in `prepare`, used in `handle`).
+#[derive(Clone)]
 struct Decision {
     prediction: Prediction,
     model_version: String,
@@ -78,7 +79,7 @@ impl Handler for ProcessedHandler {
             };
             return Ok(vec![failed.reply_to(SOURCE, event)]);
         }
-        let decision = match ctx.take_prepared::<Decision>() {
+        let decision = match ctx.prepared::<Decision>() {
             Some(decision) => decision,
             None => decide(&self.model, &processed)?,
         };

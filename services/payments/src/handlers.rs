@@ -41,6 +41,7 @@ fn decode<C: Contract>(event: &Event) -> Result<Option<C>, HandlerError> {
 }
 
 /// What the gateway said to a charge.
+#[derive(Clone)]
 enum ChargeOutcome {
     Charged(Charge),
     Declined(String),
@@ -96,7 +97,7 @@ impl Handler for ChargeHandler {
 
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(order) = decode::<OrderCreated>(event)? else { return Ok(Vec::new()) };
-        let prepared = ctx.take_prepared::<ChargeOutcome>();
+        let prepared = ctx.prepared::<ChargeOutcome>();
         let existing = store::read_in(ctx.tx(), order.order_id).await?;
         let items: Vec<LineItem> =
             order.items.iter().map(|l| LineItem { product_id: l.product_id, quantity: l.quantity }).collect();
@@ -210,7 +211,7 @@ impl Handler for RefundHandler {
             Status::Failed | Status::Voided => Ok(refunded(zero(payment.amount))),
             Status::Refunded => Ok(refunded(charged_amount(order_id, payment.amount)?)),
             Status::Charged => {
-                let Some(refund) = ctx.take_prepared::<Refund>() else {
+                let Some(refund) = ctx.prepared::<Refund>() else {
                     // The charge was recorded after `prepare` looked: retry, and it will refund.
                     return Err(HandlerError::transient(format!(
                         "order {order_id} was charged after the refund was prepared; retrying"

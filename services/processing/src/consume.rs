@@ -41,6 +41,7 @@ pub(crate) struct UploadedHandler {
 }
 
 /// What `prepare` decided: the event to announce.
+#[derive(Clone)]
 enum Decided {
     Processed(DocumentProcessed),
     Failed(DocumentFailed),
@@ -66,7 +67,7 @@ impl Handler for UploadedHandler {
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(uploaded) = DocumentUploaded::decode(event).transpose()? else { return Ok(Vec::new()) };
         let document_id = uploaded.document_id;
-        let Some(decided) = ctx.take_prepared::<Decided>() else {
+        let Some(decided) = ctx.prepared::<Decided>() else {
             // `prepare` skips only documents already recorded, and records are never deleted.
             if recorded_in(ctx.tx(), document_id).await? {
                 debug!(%document_id, "document already processed");
