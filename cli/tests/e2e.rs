@@ -276,3 +276,34 @@ fn find_field(line: &Value, name: &str) -> Option<String> {
     }
     places.into_iter().flatten().find_map(|p| p.get(name)).and_then(Value::as_str).map(str::to_owned)
 }
+
+/// `weir bench orders` against a running `weir up`: every order it places ends, and its table
+/// names each figure with a value (rates, latencies, the server's CPU per order and RSS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_orders_prints_its_table() {
+    let (_dir, data) = data_dir();
+    let weir = Weir::start(&data, &[]).await;
+    let url = weir.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["bench", "orders", "--url", &url, "--users", "2", "--concurrency", "4", "--seconds", "2"])
+            .args(["--rate", "20"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}\n{}", String::from_utf8_lossy(&output.stderr));
+    let value = |measure: &str| -> String {
+        let line = table.lines().find(|l| l.contains(measure)).unwrap_or_else(|| panic!("no {measure:?} in\n{table}"));
+        line.rsplit('┆').next().unwrap().trim_matches(|c: char| c == '│' || c.is_whitespace()).to_owned()
+    };
+    let accepted: u64 = value("orders accepted").parse().unwrap();
+    assert!(accepted >= 20, "paced at 20/s for 2 s: {table}");
+    assert_eq!(value("completed / cancelled"), format!("{accepted} / 0"), "{table}");
+    assert_eq!(value("errors"), "0", "{table}");
+    let cpu: f64 = value("server CPU per order").trim_end_matches(" ms").parse().unwrap();
+    assert!(cpu > 0.0, "{table}");
+    assert!(value("RSS idle").ends_with("MiB"), "{table}");
+}

@@ -5,7 +5,9 @@
 //! CANCELLED. Accept latency is measured by the client (request → 202). Accept → completed
 //! latency is measured by the server's own clock: the order's `created_at` (when
 //! `order_created` was recorded) to its `updated_at` (when its outcome was recorded), so
-//! polling does not distort it. RSS comes from the server's `/metrics`.
+//! polling does not distort it. RSS and CPU time come from the server's `/metrics`; CPU per
+//! order (the server's CPU time from the start of the load until every outcome is in, over the
+//! orders) depends far less on the machine's other load than rates do.
 
 use std::{
     collections::BTreeMap,
@@ -59,10 +61,12 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("no ready `weir up` at {base}: start one with `weir up` (or pass --url)"))?;
-    let idle_rss = rss(&http, &base).await;
+    let idle_rss = metric(&http, &base, "process_resident_memory_bytes").await.map(|v| v as u64);
 
     let tokens = Arc::new(register_users(&http, &base, args.users).await?);
     let products = Arc::new(plentiful_products(&http, &base).await?);
+
+    let cpu_before = cpu_seconds(&http, &base).await;
 
     // Load.
     let duration = Duration::from_secs(args.seconds);
@@ -77,7 +81,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         let (http, base, peak) = (http.clone(), base.clone(), peak_rss.clone());
         async move {
             loop {
-                if let Some(r) = rss(&http, &base).await {
+                if let Some(r) = metric(&http, &base, "process_resident_memory_bytes").await.map(|v| v as u64) {
                     peak.fetch_max(r, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -126,6 +130,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
     // Completion.
     let outcomes = wait_for_outcomes(&http, &base, &tokens, &accepted).await?;
     sampler.abort();
+    let cpu_after = cpu_seconds(&http, &base).await;
     let mut completion = latency_histogram();
     let (mut completed, mut cancelled) = (0u64, 0u64);
     let (mut first_created, mut last_finished) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
@@ -163,6 +168,13 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         format!("{errors_total} ({})", errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
     };
     out.add_row(["errors".to_owned(), error_text]);
+    let cpu_per_order = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if !outcomes.is_empty() => {
+            format!("{:.2} ms", (after - before) * 1000.0 / outcomes.len() as f64)
+        }
+        _ => "unknown".to_owned(),
+    };
+    out.add_row(["server CPU per order (user + system)".to_owned(), cpu_per_order]);
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
     out.add_row(["RSS idle (before load)".to_owned(), idle_rss.map_or("unknown".into(), mib)]);
     out.add_row(["RSS peak (sampled every 0.5 s)".to_owned(), mib(peak_rss.load(Ordering::Relaxed))]);
@@ -296,12 +308,17 @@ pub(super) fn timestamp(value: &Value) -> anyhow::Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(text).with_context(|| format!("bad timestamp {text:?}"))?.with_timezone(&Utc))
 }
 
-/// The server's resident memory, from its `/metrics`.
-pub(super) async fn rss(http: &reqwest::Client, base: &str) -> Option<u64> {
+/// A gauge or counter without labels from the server's `/metrics`.
+pub(super) async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines()
-        .find(|l| l.starts_with("process_resident_memory_bytes"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
+        .find_map(|l| l.strip_prefix(name).filter(|rest| rest.starts_with(' ')))
+        .and_then(|rest| rest.trim().parse::<f64>().ok())
+}
+
+/// The server's CPU seconds so far, from a sample taken after this call began (the server
+/// samples once a second), so that work done before it is not counted later.
+async fn cpu_seconds(http: &reqwest::Client, base: &str) -> Option<f64> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    metric(http, base, "process_cpu_seconds_total").await
 }
