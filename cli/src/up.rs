@@ -344,7 +344,6 @@ fn cpu_ticks(stat: &str) -> Option<f64> {
     Some(user + system)
 }
 
-
 async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

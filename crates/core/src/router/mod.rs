@@ -506,20 +506,14 @@ impl Shared {
         items: &[Screened],
         prepared: Vec<Result<Option<Prepared>, HandlerError>>,
     ) -> Result<Vec<Result<Outcome, HandlerError>>, HandlerError> {
-        let mut results: Vec<Option<Result<Outcome, HandlerError>>> = Vec::with_capacity(items.len());
-        let mut values = Vec::with_capacity(items.len());
-        for p in prepared {
-            match p {
-                Ok(value) => {
-                    results.push(None);
-                    values.push(value);
-                }
-                Err(e) => {
-                    results.push(Some(Err(e)));
-                    values.push(None);
-                }
-            }
-        }
+        // A result per message, once known; a failed prepare step is one already.
+        let (mut results, values): (Vec<Option<Result<Outcome, HandlerError>>>, Vec<Option<Prepared>>) = prepared
+            .into_iter()
+            .map(|p| match p {
+                Ok(value) => (None, value),
+                Err(e) => (Some(Err(e)), None),
+            })
+            .unzip();
         for _ in 0..=MAX_BATCH_FAILURES {
             if results.iter().all(Option::is_some) {
                 break;
