@@ -507,7 +507,7 @@ impl Shared {
         prepared: Vec<Result<Option<Prepared>, HandlerError>>,
     ) -> Result<Vec<Result<Outcome, HandlerError>>, HandlerError> {
         // A result per message, once known; a failed prepare step is one already.
-        let (mut results, values): (Vec<Option<Result<Outcome, HandlerError>>>, Vec<Option<Prepared>>) = prepared
+        let (mut results, values): (Vec<Option<_>>, Vec<_>) = prepared
             .into_iter()
             .map(|p| match p {
                 Ok(value) => (None, value),
