@@ -61,7 +61,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("no ready `weir up` at {base}: start one with `weir up` (or pass --url)"))?;
-    let idle_rss = metric(&http, &base, "process_resident_memory_bytes").await.map(|v| v as u64);
+    let idle_rss = rss(&http, &base).await;
 
     let tokens = Arc::new(register_users(&http, &base, args.users).await?);
     let products = Arc::new(plentiful_products(&http, &base).await?);
@@ -81,7 +81,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         let (http, base, peak) = (http.clone(), base.clone(), peak_rss.clone());
         async move {
             loop {
-                if let Some(r) = metric(&http, &base, "process_resident_memory_bytes").await.map(|v| v as u64) {
+                if let Some(r) = rss(&http, &base).await {
                     peak.fetch_max(r, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -309,11 +309,16 @@ pub(super) fn timestamp(value: &Value) -> anyhow::Result<DateTime<Utc>> {
 }
 
 /// A gauge or counter without labels from the server's `/metrics`.
-pub(super) async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name).filter(|rest| rest.starts_with(' ')))
         .and_then(|rest| rest.trim().parse::<f64>().ok())
+}
+
+/// The server's resident memory, in bytes.
+async fn rss(http: &reqwest::Client, base: &str) -> Option<u64> {
+    metric(http, base, "process_resident_memory_bytes").await.map(|v| v as u64)
 }
 
 /// The server's CPU seconds so far, from a sample taken after this call began (the server
