@@ -5,7 +5,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use weir_core::bus::{self, Acker, Delivery, Message, TypeFilter};
 
 use super::{
-    Event, LogOptions, Outcome, Registry, decode_headers, now_ms,
+    Event, LogOptions, Outcome, Registry, decode_headers, now_ms, partition_bit,
     writer::{Acquired, MemberKey, PartCommit, RetryOp, TopicInfo, WriteOp},
 };
 
@@ -41,7 +41,7 @@ pub(crate) struct Setup {
     pub out: tokio::sync::mpsc::UnboundedSender<Delivery>,
     pub registry: Arc<Registry>,
     pub member_id: u64,
-    pub wake_pending: Arc<AtomicBool>,
+    pub woken: Arc<AtomicU64>,
     /// The types the member acts on; the others are settled here, never delivered.
     pub wants: Option<TypeFilter>,
     pub acks: Arc<Acks>,
@@ -197,7 +197,7 @@ pub(crate) struct Consumer {
     out: tokio::sync::mpsc::UnboundedSender<Delivery>,
     registry: Arc<Registry>,
     member_id: u64,
-    wake_pending: Arc<AtomicBool>,
+    woken: Arc<AtomicU64>,
     wants: Option<TypeFilter>,
     acks: Arc<Acks>,
     parts: Vec<Option<Part>>,
@@ -233,7 +233,7 @@ impl Consumer {
             out: s.out,
             registry: s.registry,
             member_id: s.member_id,
-            wake_pending: s.wake_pending,
+            woken: s.woken,
             wants: s.wants,
             acks: s.acks,
             in_flight: 0,
@@ -322,8 +322,10 @@ impl Consumer {
         match event {
             Event::Settle { partition, epoch, target, outcome } => self.settle(partition, epoch, target, outcome),
             Event::Wake => {
-                self.wake_pending.store(false, Ordering::Release);
-                self.mark_more();
+                let woken = self.woken.swap(0, Ordering::AcqRel);
+                for part in self.parts.iter_mut().flatten() {
+                    part.more |= woken & partition_bit(part.partition) != 0;
+                }
             }
             // Queued acks are taken after every wake-up.
             Event::Acked => {}
@@ -626,7 +628,8 @@ impl Consumer {
                  WHERE topic_id = ?1 AND partition = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
             )?;
             let mut rows = stmt.query(params![self.info.id, part.partition, part.fetched, batch as i64])?;
-            let mut out = Vec::with_capacity(batch);
+            // Not sized for a full batch: most queries find a few rows, or none.
+            let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push((row.get(0)?, read_message(row, 1)?));
             }

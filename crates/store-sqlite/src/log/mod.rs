@@ -21,8 +21,9 @@
 //!   deliveries to the async side through a channel, collects acks (queued without waking it,
 //!   unless an ack could release a waiting message) and nacks, and every 100 ms sends the
 //!   writer the contiguous settled prefix of each partition. It sleeps until a publish wakes
-//!   it, an ack it asked for or a nack arrives, or a timer (queued acks while deliveries are out,
-//!   retry due, lease heartbeat, fallback poll for publishers in other processes) fires.
+//!   it (naming the partitions written, so it queries only those), an ack it asked for or a nack
+//!   arrives, or a timer (queued acks while deliveries are out, retry due, lease heartbeat,
+//!   fallback poll for publishers in other processes) fires.
 //!
 //! # Order and redelivery
 //! Within a partition, different keys flow concurrently and each key has at most one delivery
@@ -305,10 +306,9 @@ impl SqliteLog {
             MemberKey { group: group.into(), topic_id: info.id, owner: uuid::Uuid::now_v7().to_string().into() };
         let (events_tx, events) = mpsc::channel();
         let (out, deliveries) = tokio::sync::mpsc::unbounded_channel();
-        let wake_pending = Arc::new(AtomicBool::new(false));
+        let woken = Arc::new(AtomicU64::new(0));
         let acks = Arc::new(consumer::Acks::default());
-        let member_id =
-            self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), wake_pending.clone())?;
+        let member_id = self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), woken.clone())?;
         let consumer = Consumer::new(consumer::Setup {
             topic: topic.to_owned(),
             info,
@@ -321,7 +321,7 @@ impl SqliteLog {
             out,
             registry: self.inner.registry.clone(),
             member_id,
-            wake_pending,
+            woken,
             wants,
             acks: acks.clone(),
         });
@@ -370,7 +370,8 @@ pub(crate) enum Event {
         target: consumer::Target,
         outcome: Outcome,
     },
-    /// New messages were committed to the topic.
+    /// New messages were committed to the topic, in the partitions the member's `woken` mask
+    /// names.
     Wake,
     /// Acks were queued and the consumer asked to hear of them at once (see `consumer::Acks`).
     Acked,
@@ -400,8 +401,9 @@ struct RegisteredMember {
     topic_id: i64,
     group: Arc<str>,
     events: mpsc::Sender<Event>,
-    /// Set while a `Wake` is queued, so a burst of publishes queues one.
-    wake_pending: Arc<AtomicBool>,
+    /// The [`partition_bit`]s published to since the member last looked; non-zero while a
+    /// `Wake` is queued, so a burst of publishes queues one.
+    woken: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -414,7 +416,7 @@ impl Registry {
         topic_id: i64,
         group: Arc<str>,
         events: mpsc::Sender<Event>,
-        wake_pending: Arc<AtomicBool>,
+        woken: Arc<AtomicU64>,
     ) -> bus::Result<u64> {
         let mut members = self.lock();
         // Checked under the lock so that `close_all` cannot miss a member.
@@ -422,7 +424,7 @@ impl Registry {
             return Err(bus::Error::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        members.push(RegisteredMember { id, topic_id, group, events, wake_pending });
+        members.push(RegisteredMember { id, topic_id, group, events, woken });
         Ok(id)
     }
 
@@ -434,9 +436,10 @@ impl Registry {
         self.lock().is_empty()
     }
 
-    pub(crate) fn wake_topic(&self, topic_id: i64) {
+    /// Tells the topic's members that `partitions` ([`partition_bit`]s) have new messages.
+    pub(crate) fn wake_topic(&self, topic_id: i64, partitions: u64) {
         for m in self.lock().iter().filter(|m| m.topic_id == topic_id) {
-            if !m.wake_pending.swap(true, Ordering::AcqRel) {
+            if m.woken.fetch_or(partitions, Ordering::AcqRel) == 0 {
                 let _ = m.events.send(Event::Wake);
             }
         }
@@ -455,6 +458,12 @@ impl Registry {
             let _ = m.events.send(Event::Close);
         }
     }
+}
+
+/// A partition's bit in a wake-up mask: a consumer woken for a publish reads only the partitions
+/// whose bits are set (a topic with more than 64 partitions shares bits: a superset is safe).
+pub(crate) fn partition_bit(partition: u32) -> u64 {
+    1 << (partition % 64)
 }
 
 /// Encodes headers as `count, (name length, name, value length, value)*` with u32 lengths.

@@ -3,7 +3,7 @@
 //! lease renewals (group commit).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, mpsc},
     time::Duration,
 };
@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use weir_core::bus::{self, Message, partition_of};
 
-use super::{Event, Registry, encode_headers, now_ms};
+use super::{Event, Registry, encode_headers, now_ms, partition_bit};
 use crate::sql::{control, space_commits};
 
 /// Operations stop being drained into one batch past this many.
@@ -108,7 +108,8 @@ pub(crate) enum WriteOp {
 
 /// An applied operation waiting for the batch's `COMMIT` before it is answered.
 enum Done {
-    Publish(oneshot::Sender<bus::Result<()>>, rusqlite::Result<i64>),
+    /// The topic's id and the partitions written to ([`partition_bit`]s).
+    Publish(oneshot::Sender<bus::Result<()>>, rusqlite::Result<(i64, u64)>),
     Topic(oneshot::Sender<bus::Result<TopicInfo>>, rusqlite::Result<TopicInfo>),
     Commit(mpsc::Sender<Event>, rusqlite::Result<Vec<u32>>),
     Heartbeat(mpsc::Sender<rusqlite::Result<HeartbeatOutcome>>, rusqlite::Result<HeartbeatOutcome>),
@@ -247,14 +248,14 @@ impl LogWriter {
                 batch_error.as_ref().map(ToString::to_string).unwrap_or_default()
             )))
         };
-        let mut woken = HashSet::new();
+        let mut woken: HashMap<i64, u64> = HashMap::new();
         for d in done {
             match d {
                 Done::Publish(reply, result) => {
                     let result = match (&batch_error, result) {
                         (Some(_), _) => Err(failed("publish batch not committed")),
-                        (None, Ok(topic_id)) => {
-                            woken.insert(topic_id);
+                        (None, Ok((topic_id, partitions))) => {
+                            *woken.entry(topic_id).or_default() |= partitions;
                             Ok(())
                         }
                         (None, Err(e)) => Err(bus::Error::transport(e)),
@@ -295,8 +296,8 @@ impl LogWriter {
                 }
             }
         }
-        for topic_id in woken {
-            self.registry.wake_topic(topic_id);
+        for (topic_id, partitions) in woken {
+            self.registry.wake_topic(topic_id, partitions);
         }
     }
 
@@ -315,23 +316,26 @@ impl LogWriter {
         Ok(info)
     }
 
-    fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<i64> {
+    fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<(i64, u64)> {
         let info = self.topic(topic)?;
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO messages (topic_id, partition, key, headers, payload, published_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
+        let mut written = 0;
         for m in messages {
+            let partition = partition_of(&m.key, info.partitions);
+            written |= partition_bit(partition);
             let headers = if m.headers.is_empty() {
                 None
             } else {
                 encode_headers(&m.headers, &mut self.headers_buffer);
                 Some(&self.headers_buffer[..])
             };
-            stmt.execute(params![info.id, partition_of(&m.key, info.partitions), m.key, headers, &m.payload[..], now])?;
+            stmt.execute(params![info.id, partition, m.key, headers, &m.payload[..], now])?;
         }
-        Ok(info.id)
+        Ok((info.id, written))
     }
 
     /// Applies a member's retry changes and cursor positions for the partitions it still leases
