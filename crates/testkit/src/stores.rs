@@ -85,7 +85,7 @@ pub async fn event_store_appends_and_reads(factory: &dyn DatabaseFactory) {
     )
     .await
     .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v.version, 2);
     tx.commit().await.unwrap();
     let mut tx = db.begin().await.unwrap();
     event_store::append(tx.as_mut(), dialect, "order-2", ExpectedVersion::Any, &[event("a", "order-2", 3)])
@@ -104,6 +104,7 @@ pub async fn event_store_appends_and_reads(factory: &dyn DatabaseFactory) {
     assert_eq!(all.len(), 4);
     assert!(all.windows(2).all(|w| w[0].position < w[1].position), "positions increase");
     assert_eq!(all[0].event.data::<serde_json::Value>().unwrap(), json!({"n": 1}));
+    assert_eq!(v.position, all[1].position, "append returns the position of its last event");
     let tail = event_store::read_all(db.as_ref(), all[1].position, 100).await.unwrap();
     assert_eq!(tail.len(), 2);
     assert_eq!(event_store::read_all(db.as_ref(), 0, 1).await.unwrap().len(), 1);
@@ -111,11 +112,13 @@ pub async fn event_store_appends_and_reads(factory: &dyn DatabaseFactory) {
     // A batch larger than one INSERT chunk keeps versions contiguous and order intact.
     let big: Vec<Event> = (0..450).map(|i| event("big", "big", i)).collect();
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(event_store::append(tx.as_mut(), dialect, "big", ExpectedVersion::NoStream, &big).await.unwrap(), 450);
+    let appended = event_store::append(tx.as_mut(), dialect, "big", ExpectedVersion::NoStream, &big).await.unwrap();
+    assert_eq!(appended.version, 450);
     tx.commit().await.unwrap();
     let stored = event_store::read_stream(db.as_ref(), "big", 0).await.unwrap();
     assert_eq!(stored.iter().map(|r| r.version).collect::<Vec<_>>(), (1..=450).collect::<Vec<_>>());
     assert_eq!(stored.iter().map(|r| r.event.id).collect::<Vec<_>>(), big.iter().map(|e| e.id).collect::<Vec<_>>());
+    assert_eq!(appended.position, stored[449].position, "the last chunk's last position");
 }
 
 pub async fn event_store_detects_conflicts(factory: &dyn DatabaseFactory) {
@@ -312,11 +315,13 @@ pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
     tx.commit().await.unwrap();
 
     assert_eq!(checkpoints::load(db.as_ref(), "counts").await.unwrap(), 0);
-    assert_eq!(projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap(), 5);
+    assert_eq!(projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap().applied, 5);
     assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
-    assert_eq!(projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap(), 0, "nothing applied twice");
+    let again = projection::catch_up(db.as_ref(), &Counts, 2).await.unwrap();
+    assert_eq!(again.applied, 0, "nothing applied twice");
     let checkpoint = checkpoints::load(db.as_ref(), "counts").await.unwrap();
     assert!(checkpoint > 0);
+    assert_eq!(again.position, checkpoint, "catch_up reports the checkpoint it left");
 
     // A checkpoint saved in a rolled-back transaction does not move.
     let mut tx = db.begin().await.unwrap();
@@ -328,7 +333,7 @@ pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
     let mut tx = db.begin().await.unwrap();
     tx.execute("UPDATE test_counts SET n = 99", &[]).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(projection::rebuild(db.as_ref(), &Counts, 100).await.unwrap(), 5);
+    assert_eq!(projection::rebuild(db.as_ref(), &Counts, 100).await.unwrap().applied, 5);
     assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
 }
 

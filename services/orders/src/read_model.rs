@@ -253,8 +253,8 @@ impl Projector {
     }
 
     async fn catch_up(&self) -> store::Result<usize> {
-        let applied = projection::catch_up(self.db.as_ref(), &OrderViews, BATCH).await?;
-        let position = checkpoints::load(self.db.as_ref(), OrderViews::NAME).await?;
+        let projection::CaughtUp { applied, position } =
+            projection::catch_up(self.db.as_ref(), &OrderViews, BATCH).await?;
         self.position.send_if_modified(|p| {
             let changed = *p != position;
             *p = position;

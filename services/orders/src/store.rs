@@ -76,10 +76,7 @@ pub async fn record(
     expected: ExpectedVersion,
     events: &[Event],
 ) -> store::Result<i64> {
-    let stream = stream(order_id);
-    event_store::append(tx, dialect, &stream, expected, events).await?;
-    let rows = tx.query("SELECT MAX(position) FROM weir_events WHERE stream = $1", &[stream.into()]).await?;
-    Ok(rows.first().map(|r| r.opt_i64(0)).transpose()?.flatten().unwrap_or(0))
+    Ok(event_store::append(tx, dialect, &stream(order_id), expected, events).await?.position)
 }
 
 /// The current price of each of `products` that inventory has published.

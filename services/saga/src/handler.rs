@@ -124,7 +124,8 @@ impl Handler for SagaHandler {
         // a conflict: a transient error, so this input is decided again on the fresh state.
         sagas::save(tx, SAGA_TYPE, &id, &stored, version, decision.next.is_done()).await?;
         let key = timer_key(order_id);
-        if decision.cancel_timer {
+        // A new timer replaces the pending one under the same key: cancel only when none follows.
+        if decision.cancel_timer && decision.schedule.is_none() {
             sagas::cancel(tx, &key).await?;
         }
         if let Some(timer) = decision.schedule {

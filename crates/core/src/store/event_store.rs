@@ -32,15 +32,25 @@ pub struct Recorded {
     pub event: Event,
 }
 
-/// Appends `events` to `stream` inside `tx`; returns the stream's new version.
-/// Fails with [`Error::Conflict`] when the stream is not at `expected`.
+/// Where an [`append`] left its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's new version.
+    pub version: i64,
+    /// The global position of the last event appended (0 if none was): what a projection must
+    /// have passed to show them.
+    pub position: i64,
+}
+
+/// Appends `events` to `stream` inside `tx`. Fails with [`Error::Conflict`] when the stream is
+/// not at `expected`.
 pub async fn append(
     tx: &mut dyn Transaction,
     dialect: Dialect,
     stream: &str,
     expected: ExpectedVersion,
     events: &[Event],
-) -> Result<i64> {
+) -> Result<Appended> {
     if dialect == Dialect::Postgres {
         tx.query("SELECT pg_advisory_xact_lock(7365726980)", &[]).await?;
     }
@@ -62,6 +72,7 @@ pub async fn append(
     // One multi-row INSERT per chunk: far fewer round trips and statement executions than a
     // statement per event, which matters because appends hold the ordering lock.
     const CHUNK: usize = 200;
+    let mut position = 0;
     for (c, chunk) in events.chunks(CHUNK).enumerate() {
         let mut sql = String::from("INSERT INTO weir_events (stream, version, id, kind, envelope) VALUES ");
         let mut params = Vec::with_capacity(chunk.len() * 5);
@@ -80,13 +91,17 @@ pub async fn append(
                 Value::Blob(e.to_json()),
             ]);
         }
-        tx.execute(&sql, &params).await.map_err(|e| match e {
+        sql.push_str(" RETURNING position");
+        let rows = tx.query(&sql, &params).await.map_err(|e| match e {
             // A concurrent writer got in between our read and our insert.
             crate::db::Error::UniqueViolation(_) => conflict(stream, expected, current),
             other => other.into(),
         })?;
+        for row in rows {
+            position = position.max(row.i64(0)?);
+        }
     }
-    Ok(current + events.len() as i64)
+    Ok(Appended { version: current + events.len() as i64, position })
 }
 
 fn conflict(stream: &str, expected: ExpectedVersion, actual: i64) -> Error {

@@ -23,20 +23,29 @@ pub trait Projection: Send + Sync {
     async fn apply(&self, tx: &mut dyn Transaction, event: &Recorded) -> Result<()>;
 }
 
-/// Applies every event past the projection's checkpoint, `batch` at a time; returns how many.
-pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<usize> {
-    let mut applied = 0;
+/// What a [`catch_up`] did: how many events it applied, and the checkpoint it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    pub applied: usize,
+    pub position: i64,
+}
+
+/// Applies every event past the projection's checkpoint, `batch` at a time. A batch shorter
+/// than `batch` ends it: whoever appends later wakes the caller again. Each batch costs a read
+/// of the events, and under the writer a re-check of the checkpoint and its update.
+pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<CaughtUp> {
+    let mut done = CaughtUp { applied: 0, position: checkpoints::load(db, projection.name()).await? };
     loop {
-        let position = checkpoints::load(db, projection.name()).await?;
-        let events = event_store::read_all(db, position, batch).await?;
-        let Some(last) = events.last().map(|e| e.position) else { return Ok(applied) };
+        let events = event_store::read_all(db, done.position, batch).await?;
+        let Some(last) = events.last().map(|e| e.position) else { return Ok(done) };
         let mut tx = db.begin().await?;
         // Re-check under the transaction: another runner may have moved the checkpoint.
         let rows = tx
             .query("SELECT position FROM weir_checkpoints WHERE projection = $1", &[projection.name().into()])
             .await?;
         let current = rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
-        if current != position {
+        if current != done.position {
+            done.position = current;
             continue;
         }
         for event in &events {
@@ -44,12 +53,16 @@ pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64
         }
         checkpoints::save(tx.as_mut(), projection.name(), last).await?;
         tx.commit().await?;
-        applied += events.len();
+        done.applied += events.len();
+        done.position = last;
+        if (events.len() as i64) < batch {
+            return Ok(done);
+        }
     }
 }
 
 /// Clears the read model, resets its checkpoint to 0 and replays every event.
-pub async fn rebuild(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<usize> {
+pub async fn rebuild(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<CaughtUp> {
     let mut tx = db.begin().await?;
     projection.reset(tx.as_mut()).await?;
     checkpoints::save(tx.as_mut(), projection.name(), 0).await?;
