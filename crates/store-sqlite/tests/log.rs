@@ -270,6 +270,38 @@ async fn a_filtered_member_gets_only_its_types_in_order_and_passes_the_rest() {
     assert_eq!(consume_all(&mut other, &labels(&published)).await.len(), 5);
 }
 
+/// The types a filtered member refuses never reach its router, so the log counts them in the
+/// router's metric. (nextest runs each test in its own process: the global recorder is this
+/// test's alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_types_are_counted_as_skipped() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this process");
+    let dir = tempfile::tempdir().expect("dir");
+    let log = open(dir.path());
+    let typed = |key: &str, seq, kind: &str| {
+        let mut m = msg(key, seq);
+        m.headers.insert(TYPE_HEADER.into(), kind.into());
+        m
+    };
+    let published: Vec<Message> =
+        (0..6).map(|i| typed(&format!("k{i}"), i, if i % 3 == 0 { "wanted" } else { "ignored" })).collect();
+    log.publish("t", published).await.expect("publish");
+    let wants: TypeFilter = Arc::new(|kind: &str| kind == "wanted");
+    let mut sub = log.subscribe_filtered("t", "g", wants).await.expect("subscribe");
+    for _ in 0..2 {
+        expect(&mut sub, "a wanted message").await.ack().await.expect("ack");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    let rendered = metrics.render();
+    let line = rendered.lines().find(|l| l.starts_with("weir_handler_skipped_total{")).unwrap_or_else(|| {
+        panic!("no weir_handler_skipped_total in:\n{rendered}");
+    });
+    assert!(line.contains(r#"topic="t""#) && line.contains(r#"group="g""#), "{line}");
+    assert!(line.ends_with(" 4"), "four of six refused: {line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_each_get_everything() {
     let dir = tempfile::tempdir().expect("dir");

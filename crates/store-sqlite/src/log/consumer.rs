@@ -199,6 +199,9 @@ pub(crate) struct Consumer {
     member_id: u64,
     woken: Arc<AtomicU64>,
     wants: Option<TypeFilter>,
+    /// `weir_handler_skipped_total` for this topic and group: the router counts the types it
+    /// skips itself, and these never reach it.
+    skipped: metrics::Counter,
     acks: Arc<Acks>,
     parts: Vec<Option<Part>>,
     in_flight: usize,
@@ -220,7 +223,10 @@ impl Consumer {
     pub(crate) fn new(s: Setup) -> Self {
         let now = Instant::now();
         let ttl_ms = i64::try_from(s.options.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4).max(1);
+        let skipped = metrics::counter!("weir_handler_skipped_total",
+            "topic" => s.topic.clone(), "group" => s.member.group.to_string());
         Self {
+            skipped,
             parts: (0..s.info.partitions).map(|_| None).collect(),
             topic: s.topic,
             info: s.info,
@@ -655,6 +661,7 @@ impl Consumer {
             // since a message not handled cannot overtake anything).
             part.window.push_back(Slot { id, key: message.key, settled: true });
             self.dirty = true;
+            self.skipped.increment(1);
             return;
         }
         let key = message.key.clone();
