@@ -53,8 +53,21 @@ impl TestWorld {
         let db =
             SqliteDatabase::open(self.dir.path().join(format!("{service}.db"))).expect("the service database opens");
         store::install(&db).await.expect("kernel tables install");
+        self.kernel_on(Arc::new(db))
+    }
+
+    /// A kernel whose state lives in a fresh PostgreSQL database (the distributed setup's
+    /// store; kernel tables installed), on the shared bus. Fails loudly, saying how to start
+    /// PostgreSQL, when it is not running.
+    pub async fn postgres_kernel(&self) -> Kernel {
+        let db = weir_store_postgres::fresh_test_database().await;
+        store::install(&db).await.expect("kernel tables install on PostgreSQL");
+        self.kernel_on(Arc::new(db))
+    }
+
+    fn kernel_on(&self, db: Arc<dyn weir_core::db::Database>) -> Kernel {
         Kernel {
-            db: Arc::new(db),
+            db,
             outbox: Outbox::new(self.keyring.clone()),
             publisher: Arc::new(self.log.clone()),
             subscriber: Arc::new(self.log.clone()),

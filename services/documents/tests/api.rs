@@ -28,7 +28,7 @@ use uuid::Uuid;
 use weir_contracts::{
     DocumentClassified, DocumentFailed, DocumentMetadata, DocumentProcessed, DocumentUploaded, MediaType, topics,
 };
-use weir_core::{Kernel, RouterOptions, store::outbox::Outbox};
+use weir_core::RouterOptions;
 use weir_documents::{Config, Service};
 use weir_http::app::{App as HttpApp, AppOptions};
 use weir_testkit::app::{PATIENCE, TestWorld};
@@ -97,17 +97,7 @@ impl App {
         let spool_dir = world.dir.path().join("spool");
         let kernel = match store {
             Store::Sqlite => world.kernel("documents").await,
-            Store::Postgres => {
-                // Fails loudly, saying how to start PostgreSQL, when it is not running.
-                let db = weir_store_postgres::fresh_test_database().await;
-                weir_core::store::install(&db).await.expect("kernel tables install on PostgreSQL");
-                Kernel {
-                    db: Arc::new(db),
-                    outbox: Outbox::new(world.keyring.clone()),
-                    publisher: Arc::new(world.log.clone()),
-                    subscriber: Arc::new(world.log.clone()),
-                }
-            }
+            Store::Postgres => world.postgres_kernel().await,
         };
         let config = Config { clamd, router: RouterOptions::default(), ..Config::new(&spool_dir) };
         let service = Service::build(kernel, blobs.clone(), config).await.expect("the service builds");

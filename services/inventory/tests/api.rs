@@ -2,7 +2,7 @@
 //! database), and the tests speak to it only through HTTP and the bus. After every scenario
 //! each product's stock must still add up: `initial = available + reserved + sold`.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -13,10 +13,7 @@ use weir_contracts::{
     Contract, Currency, LineItem, Money, OrderCompleted, OrderCreated, PaymentSuccessful, ProductAdded, ReleaseStock,
     StockReleased, StockReserved, StockUnavailable, topics,
 };
-use weir_core::{
-    Event, Kernel,
-    store::{self, outbox::Outbox},
-};
+use weir_core::{Event, Kernel};
 use weir_inventory::{Config, DEMO_CATALOG, Error, PLENTY, SCARCE_SKU, Service, product_id};
 use weir_testkit::app::{PATIENCE, TestWorld, Watch, serve};
 
@@ -46,14 +43,7 @@ async fn spawn_app() -> App {
 /// on the test world's bus.
 async fn spawn_app_on_postgres() -> App {
     let world = TestWorld::new();
-    let db = weir_store_postgres::fresh_test_database().await;
-    store::install(&db).await.expect("kernel tables install on PostgreSQL");
-    let kernel = Kernel {
-        db: Arc::new(db),
-        outbox: Outbox::new(world.keyring.clone()),
-        publisher: Arc::new(world.log.clone()),
-        subscriber: Arc::new(world.log.clone()),
-    };
+    let kernel = world.postgres_kernel().await;
     spawn_app_on(world, kernel, Config::default()).await
 }
 

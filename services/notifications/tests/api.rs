@@ -25,7 +25,7 @@ use weir_contracts::{
     Currency, DocumentClassified, DocumentFailed, Money, NotificationPreferencesChanged, OrderCancelled,
     OrderCompleted, OrderCreated, Preferences, UserRegistered, topics,
 };
-use weir_core::{Kernel, RouterOptions, store::outbox::Outbox};
+use weir_core::RouterOptions;
 use weir_notifications::{Config, DeliveryPolicy, Service, SmtpConfig};
 use weir_testkit::app::{PATIENCE, TestWorld, serve};
 
@@ -198,17 +198,7 @@ impl App {
         let maildir = world.dir.path().join("maildir");
         let kernel = match store {
             Store::Sqlite => world.kernel("notifications").await,
-            Store::Postgres => {
-                // Fails loudly, saying how to start PostgreSQL, when it is not running.
-                let db = weir_store_postgres::fresh_test_database().await;
-                weir_core::store::install(&db).await.expect("kernel tables install on PostgreSQL");
-                Kernel {
-                    db: Arc::new(db),
-                    outbox: Outbox::new(world.keyring.clone()),
-                    publisher: Arc::new(world.log.clone()),
-                    subscriber: Arc::new(world.log.clone()),
-                }
-            }
+            Store::Postgres => world.postgres_kernel().await,
         };
         let smtp = smtp_port.map(|port| SmtpConfig {
             host: "127.0.0.1".into(),

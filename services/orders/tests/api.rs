@@ -32,6 +32,14 @@ struct Catalog {
     huge: Uuid,
 }
 
+/// Where the service keeps its state.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    /// The distributed setup's store.
+    Postgres,
+}
+
 struct App {
     world: TestWorld,
     kernel: Kernel,
@@ -51,8 +59,15 @@ impl App {
     /// Builds and runs the service, publishes the catalog as inventory would, and waits until
     /// orders accepts every product.
     async fn spawn() -> App {
+        App::spawn_on(Store::Sqlite).await
+    }
+
+    async fn spawn_on(store: Store) -> App {
         let world = TestWorld::new();
-        let kernel = world.kernel("orders").await;
+        let kernel = match store {
+            Store::Sqlite => world.kernel("orders").await,
+            Store::Postgres => world.postgres_kernel().await,
+        };
         let service = Service::build(kernel.clone(), Config::default()).await.expect("the service builds");
         let (router, _openapi) = service.routes().split_for_parts();
         let (url, stop) = serve(router, &world.tokens).await;
@@ -647,6 +662,39 @@ async fn the_read_model_rebuilds_to_the_same_table() {
     assert_eq!(app.all_orders(&token, 100).await, listed);
     let statuses: Vec<&str> = listed.iter().map(|o| o["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["PENDING", "CANCELLED", "COMPLETED"]);
+}
+
+/// The same service on PostgreSQL: its event store (appends, optimistic concurrency), the read
+/// model with read-your-writes and its rebuild, inbox and outbox all run on the other dialect.
+#[tokio::test]
+async fn the_order_flow_holds_on_postgresql() {
+    let app = App::spawn_on(Store::Postgres).await;
+    let user = Uuid::now_v7();
+    let token = app.token(user);
+    let mut orders = app.world.watch(topics::ORDERS).await;
+    let to_complete = app.place_ok(&token, json!([{"product_id": app.catalog.apple, "quantity": 2}])).await;
+    assert_eq!(app.order(&token, to_complete).await["status"], "PENDING", "read-your-writes");
+    let to_cancel = app.place_ok(&token, json!([{"product_id": app.catalog.pear, "quantity": 1}])).await;
+
+    let command = app.world.publish("saga", &CompleteOrder { order_id: to_complete }).await;
+    app.world.publish_event(topics::ORDER_COMMANDS, command).await; // delivered twice
+    app.world.publish("saga", &CancelOrder { order_id: to_cancel, reason: "no stock".into() }).await;
+    let (completed, _) = orders.expect::<OrderCompleted>(|c| c.order_id == to_complete).await;
+    assert_eq!((completed.user_id, completed.total), (user, Money::new(500, Currency::EUR)));
+    orders.expect::<OrderCancelled>(|c| c.order_id == to_cancel).await;
+    app.status_becomes(&token, to_complete, "COMPLETED").await;
+    assert_eq!(app.status_becomes(&token, to_cancel, "CANCELLED").await["reason"], "no stock");
+    app.barrier(to_complete).await;
+    let seen = orders.drain(QUIET).await;
+    let completions =
+        seen.iter().filter(|e| OrderCompleted::decode(e).is_some_and(|c| c.unwrap().order_id == to_complete));
+    assert_eq!(completions.count(), 1, "the duplicate command changed nothing");
+
+    let listed = app.all_orders(&token, 1).await;
+    assert_eq!(listed.len(), 2);
+    let replayed = projection::rebuild(app.kernel.db.as_ref(), &OrderViews, 2).await.unwrap();
+    assert!(replayed.applied >= 4, "replayed only {replayed:?}");
+    assert_eq!(app.all_orders(&token, 1).await, listed);
 }
 
 #[tokio::test]

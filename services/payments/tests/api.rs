@@ -65,6 +65,14 @@ fn provider_config(url: String) -> HttpProviderConfig {
     }
 }
 
+/// Where the service keeps its state (the simulated gateway keeps its own in SQLite).
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    /// The distributed setup's store.
+    Postgres,
+}
+
 struct App {
     world: TestWorld,
     gateway: Simulator,
@@ -82,13 +90,21 @@ impl Drop for App {
 
 impl App {
     async fn spawn(gateway: SimulatorConfig) -> Self {
+        Self::spawn_on(gateway, Store::Sqlite).await
+    }
+
+    async fn spawn_on(gateway: SimulatorConfig, store: Store) -> Self {
         let world = TestWorld::new();
+        let kernel = match store {
+            Store::Sqlite => world.kernel("payments").await,
+            Store::Postgres => world.postgres_kernel().await,
+        };
         let gateway = start_simulator(open_db(&world.dir.path().join("gateway.db")), gateway, loopback())
             .await
             .expect("the gateway simulator starts");
         let provider = Arc::new(HttpProvider::new(provider_config(gateway.url())).expect("the HTTP provider builds"));
         let config = Config { provider: provider.clone(), router: router_options() };
-        let service = Service::build(world.kernel("payments").await, config).await.expect("the service builds");
+        let service = Service::build(kernel, config).await.expect("the service builds");
         let shutdown = CancellationToken::new();
         let running = Some(tokio::spawn(service.run(shutdown.clone())));
         Self { world, gateway, provider, http: reqwest::Client::new(), shutdown, running }
@@ -291,6 +307,33 @@ async fn a_refund_after_a_charge_gives_the_money_back_once() {
     assert_eq!(ledger["refunds"], 1);
     assert_eq!(ledger["refunded_total"], 1999);
     assert_eq!(ledger["by_key"][format!("refund-{}", order.order_id)]["requests"], 1);
+    app.stop().await;
+}
+
+/// The same service on PostgreSQL: its payments table, inbox and outbox on the other dialect;
+/// a duplicate order charges once, a duplicate refund command refunds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_and_refunds_hold_on_postgresql() {
+    let app = App::spawn_on(SimulatorConfig::instant(), Store::Postgres).await;
+    let mut payments = app.payments().await;
+    let order = an_order();
+    let event = order.to_event("orders");
+    app.world.publish_event(topics::ORDERS, event.clone()).await;
+    app.world.publish_event(topics::ORDERS, event).await;
+    let (paid, _) = payments.expect::<PaymentSuccessful>(|p| p.order_id == order.order_id).await;
+    assert_eq!(paid.amount, order.total);
+    let command = refund_of(&order, "stock unavailable").to_event("saga");
+    app.world.publish_event(topics::PAYMENT_COMMANDS, command.clone()).await;
+    app.world.publish_event(topics::PAYMENT_COMMANDS, command).await;
+    let (refunded, _) = payments.expect::<PaymentRefunded>(|p| p.order_id == order.order_id).await;
+    assert_eq!(refunded.amount, order.total);
+
+    let seen = payments.drain(QUIET).await;
+    assert_eq!(about::<PaymentSuccessful>(seen, order.order_id).len(), 1);
+    assert_eq!(about::<PaymentRefunded>(seen, order.order_id).len(), 1);
+    let ledger = app.ledger().await;
+    assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(ledger["by_key"][format!("charge-{}", order.order_id)]["requests"], 1);
     app.stop().await;
 }
 

@@ -12,6 +12,7 @@ use weir_contracts::{
     PaymentSuccessful, PricedLine, RefundPayment, ReleaseStock, SagaTimedOut, StockReleased, StockReserved,
     StockUnavailable, topics,
 };
+use weir_core::Event;
 use weir_saga::{Config, Service};
 use weir_testkit::app::{PATIENCE, TestWorld, Watch};
 
@@ -27,9 +28,24 @@ struct Saga {
     task: JoinHandle<weir_saga::Result<()>>,
 }
 
+/// Where the saga keeps its state.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    /// The distributed setup's store.
+    Postgres,
+}
+
 impl Saga {
     async fn start(world: &TestWorld, config: Config) -> Self {
-        let kernel = world.kernel("saga").await;
+        Self::start_on(world, config, Store::Sqlite).await
+    }
+
+    async fn start_on(world: &TestWorld, config: Config, store: Store) -> Self {
+        let kernel = match store {
+            Store::Sqlite => world.kernel("saga").await,
+            Store::Postgres => world.postgres_kernel().await,
+        };
         let db = kernel.db.clone();
         let service = Service::build(kernel, config).await.expect("the saga service builds");
         let stop = CancellationToken::new();
@@ -137,13 +153,9 @@ fn counts(expected: &[(&str, usize)]) -> Vec<(String, usize)> {
     v
 }
 
-#[tokio::test]
-async fn the_happy_path_completes_the_order_and_cancels_its_timers() {
-    let world = TestWorld::new();
-    let saga = Saga::start(&world, Config::default()).await;
-    let mut commands = Commands::watch(&world).await;
-    let order_id = Uuid::now_v7();
-
+/// Takes `order_id` through payment and stock to its `complete_order` command, checking that
+/// each step's deadline replaces the last; returns the reservation and the command's event.
+async fn complete(world: &TestWorld, saga: &Saga, commands: &mut Commands, order_id: Uuid) -> (Event, Event) {
     world.publish("orders", &order_created(order_id)).await;
     saga.wait_for_state(order_id, "awaiting_payment").await;
     assert_eq!(saga.pending_timers().await, 1, "the payment step has a deadline");
@@ -151,15 +163,53 @@ async fn the_happy_path_completes_the_order_and_cancels_its_timers() {
     saga.wait_for_state(order_id, "awaiting_stock").await;
     assert_eq!(saga.pending_timers().await, 1, "the stock step's deadline replaces the payment one");
     let reserved = world.publish("inventory", &stock_reserved(order_id)).await;
-
     let (complete, event) = commands.orders.expect::<CompleteOrder>(|c| c.order_id == order_id).await;
     assert_eq!(complete, CompleteOrder { order_id });
+    (reserved, event)
+}
+
+#[tokio::test]
+async fn the_happy_path_completes_the_order_and_cancels_its_timers() {
+    let world = TestWorld::new();
+    let saga = Saga::start(&world, Config::default()).await;
+    let mut commands = Commands::watch(&world).await;
+    let order_id = Uuid::now_v7();
+
+    let (reserved, event) = complete(&world, &saga, &mut commands, order_id).await;
     assert_eq!(event.source, "saga");
     assert_eq!(event.causation_id, Some(reserved.id), "the command is a reply to the reservation");
     assert_eq!(event.correlation_id, reserved.correlation_id, "the command keeps the trace");
     assert_eq!(saga.state(order_id).await.as_deref(), Some("completed"));
     assert_eq!(saga.pending_timers().await, 0, "completing cancels the stock deadline");
     assert_eq!(commands.drain_counts(order_id).await, counts(&[("complete_order", 1)]));
+    saga.stop().await;
+}
+
+/// The saga on PostgreSQL: its state with optimistic concurrency, the step timer replaced from
+/// one step to the next and cancelled at the end, and a durable timer that fires.
+#[tokio::test]
+async fn the_saga_completes_and_times_out_on_postgresql() {
+    let world = TestWorld::new();
+    let saga =
+        Saga::start_on(&world, timeouts(Duration::from_secs(10), Duration::from_millis(300)), Store::Postgres).await;
+    let mut commands = Commands::watch(&world).await;
+    let (completes, times_out) = (Uuid::now_v7(), Uuid::now_v7());
+
+    complete(&world, &saga, &mut commands, completes).await;
+    assert_eq!(saga.pending_timers().await, 0, "completing cancels the stock deadline");
+
+    // Inventory never answers this one: the stock deadline fires and compensation starts.
+    world.publish("orders", &order_created(times_out)).await;
+    saga.wait_for_state(times_out, "awaiting_payment").await;
+    world.publish("payments", &payment_successful(times_out)).await;
+    commands.inventory.expect::<ReleaseStock>(|c| c.order_id == times_out).await;
+    world.publish("inventory", &StockReleased { order_id: times_out, released: false }).await;
+    let (refund, _) = commands.payments.expect::<RefundPayment>(|c| c.order_id == times_out).await;
+    assert_eq!(refund.reason, "stock reservation timed out");
+    world.publish("payments", &payment_refunded(times_out)).await;
+    commands.orders.expect::<CancelOrder>(|c| c.order_id == times_out).await;
+    saga.wait_for_state(times_out, "cancelled").await;
+    assert_eq!(commands.drain_counts(completes).await, counts(&[("complete_order", 1)]));
     saga.stop().await;
 }
 
