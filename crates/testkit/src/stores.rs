@@ -322,6 +322,10 @@ pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
     let checkpoint = checkpoints::load(db.as_ref(), "counts").await.unwrap();
     assert!(checkpoint > 0);
     assert_eq!(again.position, checkpoint, "catch_up reports the checkpoint it left");
+    // A runner with a stale idea of the checkpoint re-reads from the real one: nothing twice.
+    let stale = projection::catch_up_from(db.as_ref(), &Counts, 2, 0).await.unwrap();
+    assert_eq!(stale, projection::CaughtUp { applied: 0, position: checkpoint });
+    assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
 
     // A checkpoint saved in a rolled-back transaction does not move.
     let mut tx = db.begin().await.unwrap();

@@ -253,8 +253,9 @@ impl Projector {
     }
 
     async fn catch_up(&self) -> store::Result<usize> {
+        let from = *self.position.borrow();
         let projection::CaughtUp { applied, position } =
-            projection::catch_up(self.db.as_ref(), &OrderViews, BATCH).await?;
+            projection::catch_up_from(self.db.as_ref(), &OrderViews, BATCH, from).await?;
         self.position.send_if_modified(|p| {
             let changed = *p != position;
             *p = position;

@@ -34,7 +34,20 @@ pub struct CaughtUp {
 /// than `batch` ends it: whoever appends later wakes the caller again. Each batch costs a read
 /// of the events, and under the writer a re-check of the checkpoint and its update.
 pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<CaughtUp> {
-    let mut done = CaughtUp { applied: 0, position: checkpoints::load(db, projection.name()).await? };
+    let position = checkpoints::load(db, projection.name()).await?;
+    catch_up_from(db, projection, batch, position).await
+}
+
+/// As [`catch_up`], from `position`: the checkpoint as the caller last left it, which a runner
+/// knows without reading it. If another runner (or a rebuild) moved it since, the re-check
+/// under the writer finds out and the batch is read again from the real checkpoint.
+pub async fn catch_up_from(
+    db: &dyn Database,
+    projection: &dyn Projection,
+    batch: i64,
+    position: i64,
+) -> Result<CaughtUp> {
+    let mut done = CaughtUp { applied: 0, position };
     loop {
         let events = event_store::read_all(db, done.position, batch).await?;
         let Some(last) = events.last().map(|e| e.position) else { return Ok(done) };

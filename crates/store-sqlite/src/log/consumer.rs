@@ -13,10 +13,10 @@ use std::{
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
-use weir_core::bus::{self, Acker, Delivery, Message, TypeFilter};
+use weir_core::bus::{self, Acker, Delivery, Message, TYPE_HEADER, TypeFilter};
 
 use super::{
-    Event, LogOptions, Outcome, Registry, decode_headers, now_ms, partition_bit,
+    Event, LogOptions, Outcome, Registry, decode_headers, header_value, now_ms, partition_bit,
     writer::{Acquired, MemberKey, PartCommit, RetryOp, TopicInfo, WriteOp},
 };
 
@@ -628,7 +628,7 @@ impl Consumer {
 
     fn fetch_part(&mut self, part: &mut Part) -> rusqlite::Result<usize> {
         let batch = self.options.fetch_batch.max(1);
-        let rows: Vec<(i64, Message)> = {
+        let rows: Vec<(i64, Fetched)> = {
             let mut stmt = self.reader.prepare_cached(
                 "SELECT id, key, headers, payload FROM messages
                  WHERE topic_id = ?1 AND partition = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
@@ -637,7 +637,15 @@ impl Consumer {
             // Not sized for a full batch: most queries find a few rows, or none.
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push((row.get(0)?, read_message(row, 1)?));
+                // A type the member refuses is recognised from the raw headers: its message is
+                // never built (a header map and a payload copy, for every refused message).
+                let refused = match (&self.wants, row.get_ref(2)?.as_blob_or_null()?) {
+                    (Some(wants), Some(headers)) => header_value(headers, TYPE_HEADER).is_some_and(|kind| !wants(kind)),
+                    _ => false,
+                };
+                let fetched =
+                    if refused { Fetched::Refused(row.get(1)?) } else { Fetched::Wanted(read_message(row, 1)?) };
+                out.push((row.get(0)?, fetched));
             }
             out
         };
@@ -646,24 +654,25 @@ impl Consumer {
             part.fetched = part.fetched.max(*last);
         }
         let n = rows.len();
-        for (id, message) in rows {
-            self.accept(part, id, message);
+        for (id, fetched) in rows {
+            match fetched {
+                Fetched::Wanted(message) => self.accept(part, id, message),
+                Fetched::Refused(key) => {
+                    // Nothing to do for this member: settled in place (its key's order is
+                    // unaffected, since a message not handled cannot overtake anything).
+                    part.window.push_back(Slot { id, key, settled: true });
+                    self.dirty = true;
+                    self.skipped.increment(1);
+                }
+            }
         }
         Ok(n)
     }
 
-    /// Routes a message read through the cursor: parked behind its key's retries, queued behind
-    /// its key's outstanding delivery, or delivered.
+    /// Routes a message the member wants, read through the cursor: parked behind its key's
+    /// retries, queued behind its key's outstanding delivery, or delivered.
     fn accept(&mut self, part: &mut Part, id: i64, message: Message) {
         let seq = part.base_seq + part.window.len() as u64;
-        if self.wants.as_ref().is_some_and(|wants| bus::refused_by(wants.as_ref(), &message)) {
-            // Nothing to do for this member: settled in place (its key's order is unaffected,
-            // since a message not handled cannot overtake anything).
-            part.window.push_back(Slot { id, key: message.key, settled: true });
-            self.dirty = true;
-            self.skipped.increment(1);
-            return;
-        }
         let key = message.key.clone();
         if part.retries.contains_key(&key) {
             part.window.push_back(Slot { id, key: key.clone(), settled: true });
@@ -718,6 +727,13 @@ impl Consumer {
             let _ = self.writer.send(op);
         }
     }
+}
+
+/// A row read through the cursor.
+enum Fetched {
+    Wanted(Message),
+    /// A type the member refuses: only its key is kept.
+    Refused(String),
 }
 
 fn read_message(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Message> {

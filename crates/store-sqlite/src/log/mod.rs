@@ -478,30 +478,47 @@ pub(crate) fn encode_headers(headers: &Headers, buffer: &mut Vec<u8>) {
     }
 }
 
-/// Decodes [`encode_headers`]' format; `None` if the bytes are not in it.
-pub(crate) fn decode_headers(mut bytes: &[u8]) -> Option<Headers> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if bytes.len() < n {
+/// Walks [`encode_headers`]' format, giving `each` every name and value in turn; `None` if the
+/// bytes are not in it (after giving it the entries before the fault).
+fn walk_headers<'a>(mut bytes: &'a [u8], mut each: impl FnMut(&'a str, &'a str)) -> Option<()> {
+    fn text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+        let (length, rest) = bytes.split_first_chunk::<4>()?;
+        let n = u32::from_le_bytes(*length) as usize;
+        if rest.len() < n {
             return None;
         }
-        let (head, rest) = bytes.split_at(n);
+        let (head, rest) = rest.split_at(n);
         *bytes = rest;
-        Some(head)
+        std::str::from_utf8(head).ok()
     }
-    fn length(bytes: &mut &[u8]) -> Option<usize> {
-        let raw: [u8; 4] = take(bytes, 4)?.try_into().ok()?;
-        Some(u32::from_le_bytes(raw) as usize)
+    let (count, rest) = bytes.split_first_chunk::<4>()?;
+    bytes = rest;
+    for _ in 0..u32::from_le_bytes(*count) {
+        let name = text(&mut bytes)?;
+        each(name, text(&mut bytes)?);
     }
-    let count = length(&mut bytes)?;
+    Some(())
+}
+
+/// Decodes [`encode_headers`]' format; `None` if the bytes are not in it.
+pub(crate) fn decode_headers(bytes: &[u8]) -> Option<Headers> {
     let mut headers = Headers::new();
-    for _ in 0..count {
-        let n = length(&mut bytes)?;
-        let name = std::str::from_utf8(take(&mut bytes, n)?).ok()?.to_owned();
-        let n = length(&mut bytes)?;
-        let value = std::str::from_utf8(take(&mut bytes, n)?).ok()?.to_owned();
-        headers.insert(name, value);
-    }
+    walk_headers(bytes, |name, value| {
+        headers.insert(name.to_owned(), value.to_owned());
+    })?;
     Some(headers)
+}
+
+/// The value of header `name` in [`encode_headers`]' format, without building the map: what
+/// [`decode_headers`] would give for it (`None` when absent, or when the bytes are not in it).
+pub(crate) fn header_value<'a>(bytes: &'a [u8], name: &str) -> Option<&'a str> {
+    let mut found = None;
+    walk_headers(bytes, |n, value| {
+        if n == name {
+            found = Some(value);
+        }
+    })?;
+    found
 }
 
 #[cfg(test)]
@@ -516,7 +533,12 @@ mod tests {
         let mut buffer = Vec::new();
         encode_headers(&headers, &mut buffer);
         assert_eq!(decode_headers(&buffer), Some(headers));
-        assert_eq!(decode_headers(&buffer[..buffer.len() - 1]), None);
-        assert_eq!(decode_headers(&[255, 255, 255, 255]), None);
+        assert_eq!(header_value(&buffer, "ce-id"), Some("0190-ü"));
+        assert_eq!(header_value(&buffer, "empty"), Some(""));
+        assert_eq!(header_value(&buffer, "absent"), None);
+        for garbage in [&buffer[..buffer.len() - 1], &[255, 255, 255, 255][..], &[1, 0][..]] {
+            assert_eq!(decode_headers(garbage), None);
+            assert_eq!(header_value(garbage, "ce-id"), None, "a value from bytes that do not decode");
+        }
     }
 }
