@@ -30,9 +30,11 @@ pub struct CaughtUp {
     pub position: i64,
 }
 
-/// Applies every event past the projection's checkpoint, `batch` at a time. A batch shorter
-/// than `batch` ends it: whoever appends later wakes the caller again. Each batch costs a read
-/// of the events, and under the writer a re-check of the checkpoint and its update.
+/// Applies every event past the projection's checkpoint, `batch` at a time, until a read finds
+/// none. (Stopping after a short batch saves that read, but under load it leaves the events
+/// committed meanwhile to the next wake-up, which can come before they are visible: measured,
+/// it cut `weir up`'s saturated throughput by ~6 %.) Each batch costs a read of the events, and
+/// under the writer a re-check of the checkpoint and its update.
 pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<CaughtUp> {
     let position = checkpoints::load(db, projection.name()).await?;
     catch_up_from(db, projection, batch, position).await
@@ -68,9 +70,6 @@ pub async fn catch_up_from(
         tx.commit().await?;
         done.applied += events.len();
         done.position = last;
-        if (events.len() as i64) < batch {
-            return Ok(done);
-        }
     }
 }
 
