@@ -323,7 +323,7 @@ pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
     assert!(checkpoint > 0);
     assert_eq!(again.position, checkpoint, "catch_up reports the checkpoint it left");
     // A runner with a stale idea of the checkpoint re-reads from the real one: nothing twice.
-    let stale = projection::catch_up_from(db.as_ref(), &Counts, 2, 0).await.unwrap();
+    let stale = projection::apply_batch(db.as_ref(), &Counts, 2, 0).await.unwrap();
     assert_eq!(stale, projection::CaughtUp { applied: 0, position: checkpoint });
     assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
 

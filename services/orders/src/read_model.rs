@@ -227,15 +227,20 @@ impl Projector {
         ProjectorHandle { wake: self.wake.clone(), position: self.position.subscribe() }
     }
 
-    /// Catches up whenever woken and every [`POLL`], until `shutdown`.
+    /// Catches up whenever woken and every [`POLL`], until `shutdown`: a batch at a time, its
+    /// position published at once (requests waiting to read their writes go), and again at
+    /// once while batches keep coming.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut woken = false;
         while !shutdown.is_cancelled() {
-            let pause = match self.catch_up().await {
+            let pause = match self.apply_batch().await {
                 Ok(applied) => {
                     failures = 0;
-                    if applied == 0 && woken { SECOND_LOOK } else { POLL }
+                    if applied > 0 {
+                        continue;
+                    }
+                    if woken { SECOND_LOOK } else { POLL }
                 }
                 Err(e) => {
                     failures += 1;
@@ -252,10 +257,10 @@ impl Projector {
         }
     }
 
-    async fn catch_up(&self) -> store::Result<usize> {
+    async fn apply_batch(&self) -> store::Result<usize> {
         let from = *self.position.borrow();
         let projection::CaughtUp { applied, position } =
-            projection::catch_up_from(self.db.as_ref(), &OrderViews, BATCH, from).await?;
+            projection::apply_batch(self.db.as_ref(), &OrderViews, BATCH, from).await?;
         self.position.send_if_modified(|p| {
             let changed = *p != position;
             *p = position;
@@ -263,7 +268,7 @@ impl Projector {
         });
         metrics::gauge!("weir_orders_read_model_position").set(position as f64);
         if applied > 0 {
-            debug!(applied, position, "order read model caught up");
+            debug!(applied, position, "order read model applied a batch");
         }
         Ok(applied)
     }
