@@ -148,7 +148,13 @@ pub const TYPE_HEADER: &str = "ce-type";
 
 /// Whether `wants` refuses `message` by its type header (a message without one is wanted).
 pub fn refused_by(wants: impl Fn(&str) -> bool, message: &Message) -> bool {
-    message.headers.get(TYPE_HEADER).is_some_and(|kind| !wants(kind))
+    refuses_type(wants, message.headers.get(TYPE_HEADER).map(String::as_str))
+}
+
+/// [`refused_by`]'s rule for a type header's value, for a transport that reads it without
+/// building the message.
+pub fn refuses_type(wants: impl Fn(&str) -> bool, kind: Option<&str>) -> bool {
+    kind.is_some_and(|kind| !wants(kind))
 }
 
 /// A stream of deliveries for one member of a consumer group.

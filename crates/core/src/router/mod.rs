@@ -252,6 +252,15 @@ pub struct RouterOptions {
     pub drain_timeout: Duration,
 }
 
+/// `weir_handler_skipped_total` for a route: messages of types its handler does not take. A
+/// transport that settles such types itself (see [`Subscriber::subscribe_filtered`]) counts them
+/// here too.
+///
+/// [`Subscriber::subscribe_filtered`]: crate::bus::Subscriber::subscribe_filtered
+pub fn skipped_counter(topic: &str, group: &str) -> metrics::Counter {
+    metrics::counter!("weir_handler_skipped_total", "topic" => topic.to_owned(), "group" => group.to_owned())
+}
+
 /// Handler failures a batch absorbs (each costs a rollback and a rerun of the others) before
 /// the messages left are handled one by one.
 pub const MAX_BATCH_FAILURES: usize = 3;
@@ -452,8 +461,7 @@ impl Shared {
             if let Err(e) = delivery.ack().await {
                 debug!(error = %e, "ack of an ignored message failed; it will be skipped again");
             }
-            metrics::counter!("weir_handler_skipped_total", "topic" => route.topic.clone(), "group" => route.group.clone())
-                .increment(1);
+            skipped_counter(&route.topic, &route.group).increment(1);
             return None;
         }
         // 2. Decode and verify.

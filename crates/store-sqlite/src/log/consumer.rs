@@ -199,8 +199,8 @@ pub(crate) struct Consumer {
     member_id: u64,
     woken: Arc<AtomicU64>,
     wants: Option<TypeFilter>,
-    /// `weir_handler_skipped_total` for this topic and group: the router counts the types it
-    /// skips itself, and these never reach it.
+    /// The router's skipped counter for this topic and group: the types refused here never
+    /// reach the router.
     skipped: metrics::Counter,
     acks: Arc<Acks>,
     parts: Vec<Option<Part>>,
@@ -223,8 +223,7 @@ impl Consumer {
     pub(crate) fn new(s: Setup) -> Self {
         let now = Instant::now();
         let ttl_ms = i64::try_from(s.options.lease_ttl.as_millis()).unwrap_or(i64::MAX / 4).max(1);
-        let skipped = metrics::counter!("weir_handler_skipped_total",
-            "topic" => s.topic.clone(), "group" => s.member.group.to_string());
+        let skipped = weir_core::router::skipped_counter(&s.topic, &s.member.group);
         Self {
             skipped,
             parts: (0..s.info.partitions).map(|_| None).collect(),
@@ -639,10 +638,8 @@ impl Consumer {
             while let Some(row) = rows.next()? {
                 // A type the member refuses is recognised from the raw headers: its message is
                 // never built (a header map and a payload copy, for every refused message).
-                let refused = match (&self.wants, row.get_ref(2)?.as_blob_or_null()?) {
-                    (Some(wants), Some(headers)) => header_value(headers, TYPE_HEADER).is_some_and(|kind| !wants(kind)),
-                    _ => false,
-                };
+                let kind = row.get_ref(2)?.as_blob_or_null()?.and_then(|headers| header_value(headers, TYPE_HEADER));
+                let refused = self.wants.as_ref().is_some_and(|wants| bus::refuses_type(wants.as_ref(), kind));
                 let fetched =
                     if refused { Fetched::Refused(row.get(1)?) } else { Fetched::Wanted(read_message(row, 1)?) };
                 out.push((row.get(0)?, fetched));
