@@ -72,7 +72,6 @@ impl DataDir {
         &self.root
     }
 
-    /// Loads the keys, generating any that are missing.
     /// The directory `name` inside, created if needed.
     pub fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let path = self.path(name);
@@ -88,6 +87,7 @@ impl DataDir {
         Ok(std::sync::Arc::new(store))
     }
 
+    /// Loads the keys, generating any that are missing.
     pub fn keys(&self) -> anyhow::Result<Keys> {
         let events = self.key("events.key", 32)?;
         let tokens = self.key("tokens.key", 32)?;

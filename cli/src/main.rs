@@ -1,10 +1,12 @@
 //! `weir`: the command-line front of the platform: `weir up` runs every service in one
-//! process on the embedded default; `weir bench` measures.
+//! process on the embedded default; `weir dlq` reads and redrives its dead letters; `weir bench`
+//! measures.
 
 mod bench;
 mod classifier;
 mod classify;
 mod data_dir;
+mod dlq;
 mod samples;
 mod up;
 
@@ -28,6 +30,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         scenario: bench::Scenario,
+    },
+    /// Dead letters of the embedded bus: list, show, redrive or discard them.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::Command,
     },
     /// Write example documents to upload: a PDF invoice, a scanned contract, a receipt image.
     Samples(samples::SamplesArgs),
@@ -57,6 +64,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Up(args) => block_on(up::run(args)),
         Command::Bench { scenario } => block_on(bench::run(scenario)),
         Command::Classify(args) => block_on(classify::run(args)),
+        Command::Dlq { command } => block_on(dlq::run(command)),
         Command::Samples(args) => samples::run(args).map(|()| ExitCode::SUCCESS),
         Command::Classifier { command } => classifier::run(command).map(|()| ExitCode::SUCCESS),
     }

@@ -95,6 +95,9 @@ fn rate(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The bus's file in the data directory.
+pub const BUS_FILE: &str = "bus.db";
+
 /// How long Ctrl-C waits for in-flight work before giving up.
 const DRAIN: Duration = Duration::from_secs(15);
 
@@ -113,8 +116,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let tokens = Tokens::new(&keys.tokens, Duration::from_secs(3600));
     let sealer = Sealer::new("k1", &keys.pii);
 
-    let bus = SqliteLog::open(data.path("bus.db"), LogOptions::default())
-        .with_context(|| format!("cannot open the bus at {}", data.path("bus.db").display()))?;
+    let bus = SqliteLog::open(data.path(BUS_FILE), LogOptions::default())
+        .with_context(|| format!("cannot open the bus at {}", data.path(BUS_FILE).display()))?;
     let subscriber: Arc<dyn weir_core::Subscriber> = if args.fault_duplicate_deliveries {
         tracing::warn!("fault injection: every message is delivered twice");
         Arc::new(weir_core::fault::DuplicateDeliveries::new(Arc::new(bus.clone())))

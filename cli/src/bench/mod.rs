@@ -49,7 +49,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> String {
     format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
     table

@@ -224,9 +224,17 @@ impl fmt::Debug for Delivery {
     }
 }
 
+/// What a dead-letter topic's name ends with.
+const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
+    format!("{topic}{DEAD_LETTER_SUFFIX}")
+}
+
+/// The topic whose dead letters `topic` holds, if it is a dead-letter topic.
+pub fn dead_letters_of(topic: &str) -> Option<&str> {
+    topic.strip_suffix(DEAD_LETTER_SUFFIX).filter(|t| !t.is_empty())
 }
 
 /// Hashes a key to one of `partitions` partitions (FNV-1a: stable across processes and
@@ -251,6 +259,14 @@ mod tests {
         }
         for bad in ["", ".x", "x.", "a b", "a/b", "ä", &"x".repeat(201)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_topics_name_their_origin() {
+        assert_eq!(dead_letters_of(&dead_letter_topic("doc.uploaded")), Some("doc.uploaded"));
+        for not_one in ["orders", ".dlq", "orders.dlqx"] {
+            assert_eq!(dead_letters_of(not_one), None, "{not_one}");
         }
     }
 

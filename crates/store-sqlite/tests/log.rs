@@ -8,7 +8,7 @@ use std::{
 };
 
 use weir_core::bus::{Delivery, Error, Message, Publisher, Subscriber, Subscription, TYPE_HEADER, TypeFilter};
-use weir_store_sqlite::{LogOptions, SqliteLog};
+use weir_store_sqlite::{Disposal, LetterError, LetterQuery, LogOptions, SqliteLog};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -565,4 +565,120 @@ async fn two_processes_share_a_file() {
     let all: HashSet<String> = seen_a.union(&seen_b).cloned().collect();
     assert_eq!(all, expected);
     assert!(!seen_a.is_empty() && !seen_b.is_empty(), "one member got everything: {} / {}", seen_a.len(), seen_b.len());
+}
+
+/// Letters as the router writes them: `orders` messages a group gave up on.
+async fn dead_letters_of_orders(log: &SqliteLog, count: usize) {
+    for n in 0..count {
+        let message = msg("order-1", n).with_header(TYPE_HEADER, "order_created");
+        let reason = weir_core::router::Reason::Permanent(format!("poison #{n}"));
+        weir_core::router::dead_letter::send(log, &message, "orders", "payments", 3, &reason).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_without_being_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    dead_letters_of_orders(&log, 3).await;
+    log.publish("orders", vec![msg("order-2", 0)]).await.unwrap();
+    let reason = weir_core::router::Reason::Undecodable("not JSON".into());
+    weir_core::router::dead_letter::send(&log, &msg("doc-1", 0), "doc.uploaded", "processing", 1, &reason)
+        .await
+        .unwrap();
+
+    let all = log.dead_letters(LetterQuery::default()).await.unwrap();
+    assert_eq!(all.total, 4);
+    let topics: Vec<&str> = all.letters.iter().map(|l| l.topic.as_str()).collect();
+    assert_eq!(topics, ["orders", "orders", "orders", "doc.uploaded"], "oldest first, ordinary messages left out");
+    let first = &all.letters[0].message;
+    assert_eq!(label_of(first), "order-1#0");
+    assert_eq!(first.headers[weir_core::router::dead_letter::REASON], "permanent error: poison #0");
+    assert_eq!(first.headers[weir_core::router::dead_letter::GROUP], "payments");
+
+    let page = |after, limit| LetterQuery { topic: Some("orders".into()), after, limit };
+    let first_page = log.dead_letters(page(0, 2)).await.unwrap();
+    assert_eq!((first_page.letters.len(), first_page.total), (2, 3));
+    let rest = log.dead_letters(page(first_page.letters[1].id, 2)).await.unwrap();
+    assert_eq!(rest.letters.iter().map(|l| label_of(&l.message)).collect::<Vec<_>>(), ["order-1#2"]);
+
+    let one = log.dead_letter(all.letters[3].id).await.unwrap().expect("the letter");
+    assert_eq!(one.topic, "doc.uploaded");
+    assert!(log.dead_letter(all.letters[2].id + 1).await.unwrap().is_none(), "an ordinary message is no letter");
+
+    // Listing consumed nothing: a group on the dead-letter topic still gets every letter.
+    let mut sub = log.subscribe("orders.dlq", "audit").await.unwrap();
+    consume_all(&mut sub, &["order-1#0", "order-1#1", "order-1#2"].map(String::from).into()).await;
+}
+
+fn label_of(m: &Message) -> String {
+    String::from_utf8(m.payload.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_letter_reaches_its_topic_once_and_leaves_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut sub = log.subscribe("orders", "payments").await.unwrap();
+    dead_letters_of_orders(&log, 2).await;
+    let letters = log.dead_letters(LetterQuery::default()).await.unwrap().letters;
+
+    let topics = log.dispose(vec![letters[1].id], Disposal::Redrive).await.unwrap();
+    assert_eq!(topics, ["orders"]);
+    let d = expect(&mut sub, "the redriven message").await;
+    assert_eq!(label(&d), "order-1#1");
+    assert_eq!(d.attempt, 1, "a redriven message starts its attempts again");
+    assert!(d.message.headers.keys().all(|h| !h.starts_with("weir-dlq-")), "{:?}", d.message.headers);
+    assert_eq!(d.message.headers[TYPE_HEADER], "order_created");
+    d.ack().await.unwrap();
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+
+    let left = log.dead_letters(LetterQuery::default()).await.unwrap();
+    assert_eq!(left.letters.iter().map(|l| l.id).collect::<Vec<_>>(), [letters[0].id]);
+    // Redriving it again finds nothing: it is not sent twice.
+    let again = log.dispose(vec![letters[1].id], Disposal::Redrive).await.unwrap_err();
+    assert!(matches!(again, LetterError::NotFound(id) if id == letters[1].id), "{again}");
+    assert!(again.to_string().contains("weir dlq list"), "the error says what to do: {again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_id_changes_nothing_and_discard_removes_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut sub = log.subscribe("orders", "payments").await.unwrap();
+    dead_letters_of_orders(&log, 2).await;
+    let ids: Vec<i64> = log.dead_letters(LetterQuery::default()).await.unwrap().letters.iter().map(|l| l.id).collect();
+
+    // An ordinary message is not a dead letter, nor is an id that does not exist.
+    log.publish("orders", vec![msg("order-9", 0)]).await.unwrap();
+    let ordinary = expect(&mut sub, "the ordinary message").await;
+    ordinary.ack().await.unwrap();
+    for bad in [ids[1] + 1, 9_999] {
+        let e = log.dispose(vec![ids[0], bad], Disposal::Redrive).await.unwrap_err();
+        assert!(matches!(e, LetterError::NotFound(id) if id == bad), "{e}");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(700)).await;
+    assert_eq!(log.dead_letters(LetterQuery::default()).await.unwrap().total, 2, "nothing was taken");
+
+    assert_eq!(log.dispose(ids.clone(), Disposal::Discard).await.unwrap(), ["orders", "orders"]);
+    assert_eq!(log.dead_letters(LetterQuery::default()).await.unwrap().total, 0);
+    assert_quiet(&mut sub, Duration::from_millis(700)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_redriven_by_another_process_reaches_the_running_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = open(dir.path());
+    let mut sub = running.subscribe("orders", "payments").await.unwrap();
+    dead_letters_of_orders(&running, 1).await;
+
+    // `weir dlq redrive` opens the same file beside the running process.
+    let operator = open(dir.path());
+    let id = operator.dead_letters(LetterQuery::default()).await.unwrap().letters[0].id;
+    operator.dispose(vec![id], Disposal::Redrive).await.unwrap();
+    operator.close().await;
+
+    let d = expect(&mut sub, "the message redriven from the other handle").await;
+    assert_eq!(label(&d), "order-1#0");
+    d.ack().await.unwrap();
 }

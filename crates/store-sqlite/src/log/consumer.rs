@@ -11,12 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use weir_core::bus::{self, Acker, Delivery, Message, TYPE_HEADER, TypeFilter};
 
 use super::{
-    Event, LogOptions, Outcome, Registry, decode_headers, header_value, now_ms, partition_bit,
+    Event, LogOptions, Outcome, Registry, header_value, now_ms, partition_bit, read_message,
     writer::{Acquired, MemberKey, PartCommit, RetryOp, TopicInfo, WriteOp},
 };
 
@@ -731,16 +730,6 @@ enum Fetched {
     Wanted(Message),
     /// A type the member refuses: only its key is kept.
     Refused(String),
-}
-
-fn read_message(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Message> {
-    let key: String = row.get(first)?;
-    let headers = match row.get_ref(first + 1)?.as_blob_or_null()? {
-        Some(bytes) => decode_headers(bytes).unwrap_or_default(),
-        None => Default::default(),
-    };
-    let payload = Bytes::copy_from_slice(row.get_ref(first + 2)?.as_blob()?);
-    Ok(Message { key, headers, payload })
 }
 
 fn load_message(conn: &Connection, id: i64) -> rusqlite::Result<Option<Message>> {

@@ -34,6 +34,7 @@
 //! committed: its leases are released and the next owner resumes from the committed position.
 
 mod consumer;
+mod dead_letters;
 mod writer;
 
 use std::{
@@ -54,6 +55,7 @@ use weir_core::bus::{
     validate_name,
 };
 
+pub use self::dead_letters::{DeadLetter, Disposal, LetterError, LetterPage, LetterQuery};
 use self::{
     consumer::Consumer,
     writer::{LogWriter, MemberKey, WriteOp},
@@ -498,6 +500,17 @@ fn walk_headers<'a>(mut bytes: &'a [u8], mut each: impl FnMut(&'a str, &'a str))
         each(name, text(&mut bytes)?);
     }
     Some(())
+}
+
+/// The message in columns `key, headers, payload` of `row`, starting at column `first`.
+pub(crate) fn read_message(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Message> {
+    let key: String = row.get(first)?;
+    let headers = match row.get_ref(first + 1)?.as_blob_or_null()? {
+        Some(bytes) => decode_headers(bytes).unwrap_or_default(),
+        None => Default::default(),
+    };
+    let payload = bytes::Bytes::copy_from_slice(row.get_ref(first + 2)?.as_blob()?);
+    Ok(Message { key, headers, payload })
 }
 
 /// Decodes [`encode_headers`]' format; `None` if the bytes are not in it.

@@ -12,7 +12,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 use weir_core::bus::{self, Message, partition_of};
 
-use super::{Event, Registry, encode_headers, now_ms, partition_bit};
+use super::{
+    Event, Registry,
+    dead_letters::{Disposal, Disposed, LetterError},
+    encode_headers, now_ms, partition_bit,
+};
 use crate::sql::{control, space_commits};
 
 /// Operations stop being drained into one batch past this many.
@@ -104,6 +108,11 @@ pub(crate) enum WriteOp {
         older_than: Duration,
         reply: oneshot::Sender<bus::Result<u64>>,
     },
+    Dispose {
+        ids: Vec<i64>,
+        disposal: Disposal,
+        reply: oneshot::Sender<Result<Vec<String>, LetterError>>,
+    },
 }
 
 /// An applied operation waiting for the batch's `COMMIT` before it is answered.
@@ -115,10 +124,11 @@ enum Done {
     Heartbeat(mpsc::Sender<rusqlite::Result<HeartbeatOutcome>>, rusqlite::Result<HeartbeatOutcome>),
     Leave(mpsc::Sender<()>),
     Prune(oneshot::Sender<bus::Result<u64>>, rusqlite::Result<u64>),
+    Dispose(oneshot::Sender<Result<Vec<String>, LetterError>>, Result<Disposed, LetterError>),
 }
 
 pub(crate) struct LogWriter {
-    conn: Connection,
+    pub(super) conn: Connection,
     registry: Arc<Registry>,
     default_partitions: u32,
     /// Filled only from committed state: cleared when a batch fails.
@@ -220,6 +230,10 @@ impl LogWriter {
                 let result = self.prune(older_than);
                 Done::Prune(reply, result)
             }
+            WriteOp::Dispose { ids, disposal, reply } => {
+                let result = self.dispose(&ids, disposal);
+                Done::Dispose(reply, result)
+            }
         }
     }
 
@@ -236,6 +250,7 @@ impl LogWriter {
             WriteOp::Heartbeat { reply, .. } => Done::Heartbeat(reply, Err(e)),
             WriteOp::Leave { reply, .. } => Done::Leave(reply),
             WriteOp::Prune { reply, .. } => Done::Prune(reply, Err(e)),
+            WriteOp::Dispose { reply, .. } => Done::Dispose(reply, Err(LetterError::Bus(bus::Error::transport(e)))),
         }
     }
 
@@ -294,6 +309,19 @@ impl LogWriter {
                     };
                     let _ = reply.send(result);
                 }
+                Done::Dispose(reply, result) => {
+                    let result = match (&batch_error, result) {
+                        (Some(_), _) => Err(failed("redrive or discard not committed").into()),
+                        (None, Ok(Disposed { topics, written })) => {
+                            for (topic_id, partitions) in written {
+                                *woken.entry(topic_id).or_default() |= partitions;
+                            }
+                            Ok(topics)
+                        }
+                        (None, Err(e)) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
         for (topic_id, partitions) in woken {
@@ -316,7 +344,7 @@ impl LogWriter {
         Ok(info)
     }
 
-    fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<(i64, u64)> {
+    pub(super) fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<(i64, u64)> {
         let info = self.topic(topic)?;
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
@@ -541,6 +569,7 @@ impl Done {
             Done::Heartbeat(_, r) => r.is_err(),
             Done::Leave(_) => false,
             Done::Prune(_, r) => r.is_err(),
+            Done::Dispose(_, r) => r.is_err(),
         }
     }
 }
