@@ -44,6 +44,25 @@ pub fn read_grpc_token(root: &Path) -> anyhow::Result<String> {
 
 const GRPC_KEY: &str = "grpc.key";
 
+/// `--data-dir` of the commands that read a `weir up`'s data directory from beside it.
+#[derive(clap::Args)]
+pub struct DataDirArg {
+    /// The data directory of the `weir up` whose bus to read.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
+    pub data_dir: PathBuf,
+}
+
+/// The bus of the data directory at `root`, beside a running `weir up` (no lock) or a stopped
+/// one. The bus must exist: this never creates a data directory.
+pub fn open_bus(root: &Path) -> anyhow::Result<weir_store_sqlite::SqliteLog> {
+    let path = root.join(crate::up::BUS_FILE);
+    if !path.is_file() {
+        bail!("no Weir bus at {}: pass the --data-dir that `weir up` uses (or set WEIR_DATA_DIR)", path.display());
+    }
+    weir_store_sqlite::SqliteLog::open(&path, Default::default())
+        .with_context(|| format!("cannot open the bus {}", path.display()))
+}
+
 impl DataDir {
     /// Creates `root` if needed (mode 0700) and locks it.
     pub fn open(root: &Path) -> anyhow::Result<Self> {

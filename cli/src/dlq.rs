@@ -3,17 +3,18 @@
 //! bus file is shared; its consumers pick a redriven message up within half a second) or on a
 //! stopped one's data directory.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use weir_core::{
     bus::{Message, TYPE_HEADER},
     router::dead_letter,
 };
-use weir_store_sqlite::{DeadLetter, Disposal, LetterQuery, LogOptions, SqliteLog};
+use weir_store_sqlite::{DeadLetter, Disposal, LetterQuery, SqliteLog};
 
-use crate::bench::table;
+use crate::{
+    bench::table,
+    data_dir::{DataDirArg, open_bus},
+};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -31,13 +32,6 @@ pub enum Command {
     Redrive(Pick),
     /// Remove letters for good.
     Discard(Pick),
-}
-
-#[derive(Args)]
-pub struct DataDirArg {
-    /// The data directory of the `weir up` whose bus to read.
-    #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
-    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -77,23 +71,14 @@ pub struct Pick {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::List(args) => list(args).await,
-        Command::Show { id, data } => show(&open(&data.data_dir)?, id).await,
+        Command::Show { id, data } => show(&open_bus(&data.data_dir)?, id).await,
         Command::Redrive(pick) => dispose(pick, Disposal::Redrive).await,
         Command::Discard(pick) => dispose(pick, Disposal::Discard).await,
     }
 }
 
-/// The bus of the data directory at `root`, which must exist: this command never creates one.
-fn open(root: &Path) -> anyhow::Result<SqliteLog> {
-    let path = root.join(crate::up::BUS_FILE);
-    if !path.is_file() {
-        bail!("no Weir bus at {}: pass the --data-dir that `weir up` uses (or set WEIR_DATA_DIR)", path.display());
-    }
-    SqliteLog::open(&path, LogOptions::default()).with_context(|| format!("cannot open the bus {}", path.display()))
-}
-
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let bus = open(&args.data.data_dir)?;
+    let bus = open_bus(&args.data.data_dir)?;
     let query = LetterQuery { topic: args.topic.clone(), after: args.after, limit: args.limit };
     let page = bus.dead_letters(query).await?;
     if page.letters.is_empty() {
@@ -173,7 +158,7 @@ fn shorten(text: &str, chars: usize) -> String {
 const CHUNK: usize = 500;
 
 async fn dispose(pick: Pick, disposal: Disposal) -> anyhow::Result<()> {
-    let bus = open(&pick.data.data_dir)?;
+    let bus = open_bus(&pick.data.data_dir)?;
     let ids = if pick.all { every_letter(&bus, pick.topic).await? } else { pick.ids };
     let mut count = 0;
     for chunk in ids.chunks(CHUNK) {

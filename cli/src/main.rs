@@ -1,12 +1,13 @@
 //! `weir`: the command-line front of the platform: `weir up` runs every service in one
-//! process on the embedded default; `weir dlq` reads and redrives its dead letters; `weir bench`
-//! measures.
+//! process on the embedded default; `weir events tail` follows its bus and `weir dlq` reads and
+//! redrives its dead letters; `weir bench` measures.
 
 mod bench;
 mod classifier;
 mod classify;
 mod data_dir;
 mod dlq;
+mod events;
 mod samples;
 mod up;
 
@@ -30,6 +31,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         scenario: bench::Scenario,
+    },
+    /// The embedded bus's messages, read beside a running `weir up`.
+    Events {
+        #[command(subcommand)]
+        command: events::Command,
     },
     /// Dead letters of the embedded bus: list, show, redrive or discard them.
     Dlq {
@@ -65,6 +71,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Bench { scenario } => block_on(bench::run(scenario)),
         Command::Classify(args) => block_on(classify::run(args)),
         Command::Dlq { command } => block_on(dlq::run(command)),
+        Command::Events { command } => block_on(events::run(command)),
         Command::Samples(args) => samples::run(args).map(|()| ExitCode::SUCCESS),
         Command::Classifier { command } => classifier::run(command).map(|()| ExitCode::SUCCESS),
     }

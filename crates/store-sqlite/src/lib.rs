@@ -15,4 +15,4 @@ mod log;
 mod sql;
 
 pub use db::SqliteDatabase;
-pub use log::{DeadLetter, Disposal, LetterError, LetterPage, LetterQuery, LogOptions, SqliteLog};
+pub use log::{Browse, DeadLetter, Disposal, LetterError, LetterPage, LetterQuery, LogOptions, SqliteLog, Stored};

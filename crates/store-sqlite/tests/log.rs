@@ -8,7 +8,7 @@ use std::{
 };
 
 use weir_core::bus::{Delivery, Error, Message, Publisher, Subscriber, Subscription, TYPE_HEADER, TypeFilter};
-use weir_store_sqlite::{Disposal, LetterError, LetterQuery, LogOptions, SqliteLog};
+use weir_store_sqlite::{Browse, Disposal, LetterError, LetterQuery, LogOptions, SqliteLog};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -681,4 +681,39 @@ async fn a_letter_redriven_by_another_process_reaches_the_running_consumers() {
     let d = expect(&mut sub, "the message redriven from the other handle").await;
     assert_eq!(label(&d), "order-1#0");
     d.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsing_reads_every_topic_in_publication_order_without_consuming() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut sub = log.subscribe("orders", "payments").await.unwrap();
+    assert_eq!(log.last_id().await.unwrap(), 0, "an empty log");
+    log.publish("orders", vec![msg("a", 0), msg("b", 0)]).await.unwrap();
+    log.publish("doc.uploaded", vec![msg("d", 0)]).await.unwrap();
+    log.publish("doc.processed", vec![msg("d", 1)]).await.unwrap();
+    log.publish("orders", vec![msg("a", 1)]).await.unwrap();
+
+    let browse = |topics: Option<&str>, after, limit| Browse { topics: topics.map(String::from), after, limit };
+    let all = log.browse(browse(None, 0, 100)).await.unwrap();
+    let seen: Vec<(&str, String)> = all.iter().map(|s| (s.topic.as_str(), label_of(&s.message))).collect();
+    assert_eq!(
+        seen,
+        [("orders", "a#0"), ("orders", "b#0"), ("doc.uploaded", "d#0"), ("doc.processed", "d#1"), ("orders", "a#1")]
+            .map(|(t, l)| (t, l.to_owned()))
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id && w[0].published_at_ms <= w[1].published_at_ms));
+    let docs = log.browse(browse(Some("doc.*"), 0, 100)).await.unwrap();
+    assert_eq!(docs.iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(), ["doc.uploaded", "doc.processed"]);
+    let page = log.browse(browse(Some("orders"), all[0].id, 1)).await.unwrap();
+    assert_eq!(label_of(&page[0].message), "b#0");
+
+    let end = log.last_id().await.unwrap();
+    assert_eq!(end, all[4].id);
+    assert!(log.browse(browse(None, end, 100)).await.unwrap().is_empty());
+    log.publish("orders", vec![msg("c", 0)]).await.unwrap();
+    assert_eq!(label_of(&log.browse(browse(None, end, 100)).await.unwrap()[0].message), "c#0");
+
+    // The group still gets everything: browsing consumed nothing.
+    consume_all(&mut sub, &["a#0", "b#0", "a#1", "c#0"].map(String::from).into()).await;
 }

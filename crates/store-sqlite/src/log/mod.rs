@@ -34,7 +34,7 @@
 //! committed: its leases are released and the next owner resumes from the committed position.
 
 mod consumer;
-mod dead_letters;
+mod inspect;
 mod writer;
 
 use std::{
@@ -55,7 +55,7 @@ use weir_core::bus::{
     validate_name,
 };
 
-pub use self::dead_letters::{DeadLetter, Disposal, LetterError, LetterPage, LetterQuery};
+pub use self::inspect::{Browse, DeadLetter, Disposal, LetterError, LetterPage, LetterQuery, Stored};
 use self::{
     consumer::Consumer,
     writer::{LogWriter, MemberKey, WriteOp},

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 use weir_core::bus::{self, Message, partition_of};
 
 use super::{
-    Event, Registry,
-    dead_letters::{Disposal, Disposed, LetterError},
-    encode_headers, now_ms, partition_bit,
+    Event, Registry, encode_headers,
+    inspect::{Disposal, Disposed, LetterError},
+    now_ms, partition_bit,
 };
 use crate::sql::{control, space_commits};
 

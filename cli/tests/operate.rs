@@ -1,4 +1,5 @@
-//! `weir dlq` beside a running `weir up`, as an operator meets it: a forged event that the live
+//! The operator's commands beside a running `weir up`, as an operator meets them: `weir events
+//! tail` follows an order through every service; with `weir dlq`, a forged event that the live
 //! process dead-letters is listed, shown, redriven (and given up on again, since its signature
 //! is still wrong) and discarded, and bad requests are clear errors that change nothing.
 
@@ -15,19 +16,15 @@ use serde_json::json;
 use weir_core::{Event, Publisher};
 use weir_store_sqlite::{LogOptions, SqliteLog};
 
+/// `weir <args> --data-dir <data>`, run to its end.
+async fn weir_on(data: &Path, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.args(args).arg("--data-dir").arg(data);
+    tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+}
+
 async fn dlq(data: &Path, args: &[&str]) -> Output {
-    let (data, args): (String, Vec<String>) =
-        (data.display().to_string(), args.iter().map(|s| s.to_string()).collect());
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("dlq")
-            .args(&args)
-            .args(["--data-dir", &data])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    weir_on(data, &[&["dlq"], args].concat()).await
 }
 
 fn stdout(output: &Output) -> String {
@@ -129,4 +126,43 @@ async fn an_operator_lists_shows_redrives_and_discards_dead_letters() {
     let order_id = client.place_order(&ada, &product_id, 1).await;
     let view = client.wait_for_outcome(&ada.token, &order_id).await;
     assert_eq!(view["total"]["amount"], product["price"]["amount"], "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_follows_an_order_through_every_service_under_one_trace() {
+    let (_dir, data) = data_dir();
+    let weir = Weir::start(&data, &[]).await;
+    let client = weir.client();
+    let ada = client.register("ada@example.com").await;
+    let product = client.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
+
+    // From now on (the catalog and the registration are behind): the order's five messages.
+    let tail = tokio::spawn({
+        let data = data.clone();
+        async move { weir_on(&data, &["events", "tail", "--count", "5", "--json"]).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let order_id = client.place_order(&ada, product["product_id"].as_str().unwrap(), 1).await;
+    let output = tokio::time::timeout(PATIENCE, tail).await.expect("tail stops after --count").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let lines: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["event"]["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[0], "order_created", "{kinds:?}");
+    assert_eq!(kinds[4], "order_completed", "{kinds:?}");
+    for kind in ["payment_successful", "stock_reserved", "complete_order"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let traces: std::collections::HashSet<&str> =
+        lines.iter().map(|l| l["event"]["traceparent"].as_str().unwrap().split('-').nth(1).unwrap()).collect();
+    assert_eq!(traces.len(), 1, "one trace: {traces:?}");
+    assert!(lines.iter().all(|l| l["event"]["subject"] == order_id.as_str()));
+    assert!(lines.windows(2).all(|w| w[0]["position"].as_i64() < w[1]["position"].as_i64()));
+
+    // The text form: one line per message, position first.
+    let text = stdout(&weir_on(&data, &["events", "tail", "--from-start", "--topic", "orders*", "--count", "3"]).await);
+    let topics: Vec<&str> = text.lines().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+    assert_eq!(topics, ["orders", "orders.commands", "orders"], "{text}");
+    assert!(text.contains(&format!("trace {}", traces.iter().next().unwrap())), "{text}");
 }

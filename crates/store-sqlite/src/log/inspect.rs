@@ -1,0 +1,202 @@
+//! Reading the log without consuming it, for operators: its messages in publication order
+//! (`weir events tail`) and its dead letters — the messages the router put on `<topic>.dlq`
+//! topics (see `weir_core::router::dead_letter`) — which an operator redrives to their original
+//! topic or discards (`weir dlq`). A letter leaves its dead-letter topic in the same transaction
+//! that republishes it, so a crash leaves it either still dead or redriven once, never both.
+//! Several processes may do this at once: the file's lock orders them, and the log's consumers
+//! in another process see a redriven message at their next poll.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use weir_core::{
+    bus::{self, Message, dead_letter_topic, dead_letters_of},
+    router::dead_letter,
+};
+
+use super::{SqliteLog, WriteOp, open_connection, read_message, transport, writer::LogWriter};
+
+/// A message as the log holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its position: ids grow in publication order, across topics.
+    pub id: i64,
+    pub topic: String,
+    /// When it was published, in milliseconds since the Unix epoch.
+    pub published_at_ms: i64,
+    pub message: Message,
+}
+
+/// Which messages to read: those after `after`, oldest first, of the topics matching `topics`
+/// (a GLOB pattern such as `orders` or `doc.*`; every topic when `None`).
+#[derive(Debug, Clone)]
+pub struct Browse {
+    pub topics: Option<String>,
+    pub after: i64,
+    pub limit: usize,
+}
+
+/// One dead letter as stored: the message the router gave up on, with the `weir-dlq-*` headers
+/// that say why ([`dead_letter::REASON`] and the others).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The letter's position in the log: what [`SqliteLog::dispose`] takes.
+    pub id: i64,
+    /// The topic the message came from.
+    pub topic: String,
+    pub message: Message,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone)]
+pub struct LetterQuery {
+    /// Only the letters of this (original) topic.
+    pub topic: Option<String>,
+    /// Only letters after this id (for paging).
+    pub after: i64,
+    pub limit: usize,
+}
+
+impl Default for LetterQuery {
+    fn default() -> Self {
+        Self { topic: None, after: 0, limit: 100 }
+    }
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug)]
+pub struct LetterPage {
+    pub letters: Vec<DeadLetter>,
+    /// How many letters the query's topic holds in all.
+    pub total: u64,
+}
+
+/// What becomes of a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Its message is published again to its original topic, without the `weir-dlq-*` headers.
+    /// Every consumer group of the topic receives it again; those that handled it before skip
+    /// it (their inbox has its id).
+    Redrive,
+    /// It is removed for good.
+    Discard,
+}
+
+/// Why a redrive or discard changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LetterError {
+    #[error("no dead letter {0}: `weir dlq list` shows the letters there are")]
+    NotFound(i64),
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+}
+
+const SELECT: &str = "SELECT m.id, t.name, m.published_at, m.key, m.headers, m.payload
+     FROM topics t JOIN messages m ON m.topic_id = t.id";
+
+fn read_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored { id: row.get(0)?, topic: row.get(1)?, published_at_ms: row.get(2)?, message: read_message(row, 3)? })
+}
+
+impl Stored {
+    fn into_letter(self) -> Option<DeadLetter> {
+        let topic = dead_letters_of(&self.topic)?.to_owned();
+        Some(DeadLetter { id: self.id, topic, message: self.message })
+    }
+}
+
+fn browse(conn: &Connection, query: &Browse) -> rusqlite::Result<Vec<Stored>> {
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    conn.prepare(&format!("{SELECT} WHERE (?1 IS NULL OR t.name GLOB ?1) AND m.id > ?2 ORDER BY m.id LIMIT ?3"))?
+        .query_map(params![query.topics, query.after, limit], read_stored)?
+        .collect()
+}
+
+fn stored(conn: &Connection, id: i64) -> rusqlite::Result<Option<Stored>> {
+    conn.prepare_cached(&format!("{SELECT} WHERE m.id = ?1"))?.query_row([id], read_stored).optional()
+}
+
+/// Runs `read` on a fresh read-only connection to the file at `path`, off the async threads.
+async fn read<T: Send + 'static>(
+    path: &Path,
+    read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> bus::Result<T> {
+    let path = path.to_path_buf();
+    let job = move || open_connection(&path, true).and_then(|conn| read(&conn));
+    tokio::task::spawn_blocking(job).await.map_err(bus::Error::transport)?.map_err(transport)
+}
+
+impl SqliteLog {
+    /// Messages of the log in publication order (see [`Browse`]). They stay where they are:
+    /// nothing is consumed or settled.
+    pub async fn browse(&self, query: Browse) -> bus::Result<Vec<Stored>> {
+        read(&self.inner.path, move |conn| browse(conn, &query)).await
+    }
+
+    /// The id of the last message published (0 when there is none): browse after it to see only
+    /// what comes next.
+    pub async fn last_id(&self) -> bus::Result<i64> {
+        read(&self.inner.path, |conn| conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0)))
+            .await
+    }
+
+    /// The dead letters of every topic (or of `query.topic`), oldest first, without consuming
+    /// them.
+    pub async fn dead_letters(&self, query: LetterQuery) -> bus::Result<LetterPage> {
+        let topics = query.topic.as_deref().map_or_else(|| dead_letter_topic("*"), dead_letter_topic);
+        read(&self.inner.path, move |conn| {
+            let browse = Browse { topics: Some(topics), after: query.after, limit: query.limit };
+            let letters = self::browse(conn, &browse)?.into_iter().filter_map(Stored::into_letter).collect();
+            let total: i64 = conn.query_row(
+                "SELECT count(*) FROM topics t JOIN messages m ON m.topic_id = t.id WHERE t.name GLOB ?1",
+                [&browse.topics],
+                |r| r.get(0),
+            )?;
+            Ok(LetterPage { letters, total: u64::try_from(total).unwrap_or(0) })
+        })
+        .await
+    }
+
+    /// The dead letter `id`, if there is one.
+    pub async fn dead_letter(&self, id: i64) -> bus::Result<Option<DeadLetter>> {
+        read(&self.inner.path, move |conn| Ok(stored(conn, id)?.and_then(Stored::into_letter))).await
+    }
+
+    /// Redrives or discards the letters `ids`, all in one transaction; if any id is not a dead
+    /// letter, nothing changes. Returns their original topics, in `ids`' order.
+    pub async fn dispose(&self, ids: Vec<i64>, disposal: Disposal) -> Result<Vec<String>, LetterError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(WriteOp::Dispose { ids, disposal, reply })?;
+        answer.await.map_err(|_| bus::Error::Closed)?
+    }
+}
+
+/// What a writer's disposal did, for its answer after the commit.
+pub(crate) struct Disposed {
+    /// The letters' original topics, in order.
+    pub topics: Vec<String>,
+    /// The (topic id, partition bits) redriven to, to wake their consumers.
+    pub written: Vec<(i64, u64)>,
+}
+
+impl LogWriter {
+    /// Applies a [`Disposal`] to each letter (see [`SqliteLog::dispose`]).
+    pub(crate) fn dispose(&mut self, ids: &[i64], disposal: Disposal) -> Result<Disposed, LetterError> {
+        let sql = |e: rusqlite::Error| LetterError::Bus(transport(e));
+        let mut topics = Vec::with_capacity(ids.len());
+        let mut written = Vec::new();
+        for &id in ids {
+            let letter =
+                stored(&self.conn, id).map_err(sql)?.and_then(Stored::into_letter).ok_or(LetterError::NotFound(id))?;
+            if disposal == Disposal::Redrive {
+                let message = dead_letter::original(&letter.message);
+                written.push(self.publish(&letter.topic, std::slice::from_ref(&message)).map_err(sql)?);
+            }
+            for delete in ["DELETE FROM messages WHERE id = ?1", "DELETE FROM retries WHERE msg_id = ?1"] {
+                self.conn.prepare_cached(delete).and_then(|mut s| s.execute([id])).map_err(sql)?;
+            }
+            topics.push(letter.topic);
+        }
+        Ok(Disposed { topics, written })
+    }
+}
