@@ -28,7 +28,7 @@ pub enum Command {
         data: DataDirArg,
     },
     /// Publish letters again to their original topic, once the cause is fixed, and remove them
-    /// from the dead letters. Groups that handled the message before skip it.
+    /// from the dead letters. Only the consumer group that gave up on a message handles it again.
     Redrive(Pick),
     /// Remove letters for good.
     Discard(Pick),

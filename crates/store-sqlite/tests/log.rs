@@ -630,6 +630,11 @@ async fn a_redriven_letter_reaches_its_topic_once_and_leaves_the_dead_letters() 
     assert_eq!(d.attempt, 1, "a redriven message starts its attempts again");
     assert!(d.message.headers.keys().all(|h| !h.starts_with("weir-dlq-")), "{:?}", d.message.headers);
     assert_eq!(d.message.headers[TYPE_HEADER], "order_created");
+    assert_eq!(
+        d.message.headers[weir_core::router::dead_letter::REDRIVEN_FOR],
+        "payments",
+        "for the group that gave up"
+    );
     d.ack().await.unwrap();
     assert_quiet(&mut sub, Duration::from_millis(300)).await;
 

@@ -77,10 +77,19 @@ impl World {
         self.kernel.publisher.publish(&self.input, messages).await.unwrap();
     }
 
-    /// Starts the router with `handler` on the input topic, and the outbox relay.
+    /// Starts the router with `handler` on the input topic (group `suite`), and the outbox relay.
     pub fn start(&self, handler: impl Handler) -> Running {
+        self.start_router(self.router().route(&self.input, "suite", handler))
+    }
+
+    /// A router of this world's kernel and options, without routes.
+    pub fn router(&self) -> Router {
+        Router::new(self.kernel.clone(), self.options.clone())
+    }
+
+    /// Starts `router` and the outbox relay.
+    pub fn start_router(&self, router: Router) -> Running {
         let shutdown = CancellationToken::new();
-        let router = Router::new(self.kernel.clone(), self.options.clone()).route(&self.input, "suite", handler);
         let relay = self.kernel.outbox.relay(self.kernel.db.clone(), self.kernel.publisher.clone());
         let router = tokio::spawn(router.run(shutdown.clone()));
         let relay = tokio::spawn(relay.run(shutdown.clone()));
@@ -514,6 +523,40 @@ pub async fn types_the_handler_does_not_accept_are_skipped(backend: &dyn Backend
     assert_eq!(inbox[0].i64(0).unwrap(), 1, "a skipped message leaves no inbox record");
 }
 
+pub async fn a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    let e = w.event(5);
+    w.publish(std::slice::from_ref(&e)).await;
+    // Group `suite` gives up on the event; group `other` handles it.
+    let other = Recorder::new(&w.output);
+    let other_calls = other.calls.clone();
+    let giving_up = Recorder { permanent: true, ..Recorder::new(&w.output) };
+    let running = w.start_router(w.router().route(&w.input, "suite", giving_up).route(&w.input, "other", other));
+    let letter = w.read(&format!("{}.dlq", w.input), 1).await.remove(0);
+    assert_eq!(w.wait_for_effects(1).await.len(), 1, "`other` handled it");
+    running.stop().await;
+    assert_eq!(letter.headers[dead_letter::GROUP], "suite");
+
+    // The cause is fixed and the letter redriven long after: `other`'s inbox record is gone
+    // (pruned), so only the address keeps `other` from handling the event a second time.
+    let mut tx = w.kernel.db.begin().await.unwrap();
+    tx.execute("DELETE FROM weir_inbox", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let fixed = Recorder::new(&w.output);
+    let fixed_calls = fixed.calls.clone();
+    let other_again = Recorder::new(&w.output);
+    let other_again_calls = other_again.calls.clone();
+    let running = w.start_router(w.router().route(&w.input, "suite", fixed).route(&w.input, "other", other_again));
+    w.kernel.publisher.publish(&w.input, vec![dead_letter::redriven(&letter)]).await.unwrap();
+    assert_eq!(w.wait_for_effects(2).await.len(), 2, "`suite` handled the redriven event");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await;
+    assert_eq!(other_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fixed_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(other_again_calls.load(Ordering::SeqCst), 0, "the redrive was not for `other`");
+    assert_eq!(w.effects().await.iter().filter(|(id, _)| *id == e.id.to_string()).count(), 2);
+}
+
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
@@ -524,6 +567,7 @@ macro_rules! router_tests {
             a_panicking_handler_is_retried_and_the_router_lives_on, the_bulkhead_bounds_concurrency,
             a_try_that_times_out_is_retried, shutdown_drains_in_flight_work,
             prepare_runs_before_the_transaction_and_feeds_the_handler, a_failure_in_a_batch_spares_its_batch_mates,
-            types_the_handler_does_not_accept_are_skipped);
+            types_the_handler_does_not_accept_are_skipped,
+            a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up);
     };
 }

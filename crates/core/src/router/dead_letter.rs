@@ -9,6 +9,9 @@ pub const ATTEMPTS: &str = "weir-dlq-attempts";
 pub const ORIGINAL_TOPIC: &str = "weir-dlq-topic";
 pub const GROUP: &str = "weir-dlq-group";
 pub const AT: &str = "weir-dlq-at";
+/// On a redriven message: the one consumer group that is to handle it again. Every other group
+/// of the topic acks it untouched, whether or not its inbox still remembers the event.
+pub const REDRIVEN_FOR: &str = "weir-redriven-for";
 
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +63,26 @@ pub async fn send(
 /// The headers [`letter`] adds.
 const HEADERS: [&str; 5] = [REASON, ATTEMPTS, ORIGINAL_TOPIC, GROUP, AT];
 
-/// The message a dead letter holds, as it was before it was given up on: what a redrive
-/// publishes again to the letter's original topic.
+/// The message a dead letter holds, as it was before it was given up on.
 pub fn original(letter: &Message) -> Message {
     let mut message = letter.clone();
     message.headers.retain(|name, _| !HEADERS.contains(&name.as_str()));
     message
+}
+
+/// What a redrive publishes again to the letter's original topic: the original, addressed
+/// ([`REDRIVEN_FOR`]) to the group that gave up on it.
+pub fn redriven(letter: &Message) -> Message {
+    let mut message = original(letter);
+    if let Some(group) = letter.headers.get(GROUP) {
+        message.headers.insert(REDRIVEN_FOR.into(), group.clone());
+    }
+    message
+}
+
+/// Whether `message` was redriven for a group other than `group` (which then leaves it alone).
+pub fn redriven_for_another(message: &Message, group: &str) -> bool {
+    message.headers.get(REDRIVEN_FOR).is_some_and(|g| g != group)
 }
 
 #[cfg(test)]
@@ -80,5 +97,13 @@ mod tests {
         assert_eq!(l.headers[ATTEMPTS], "5");
         assert_eq!(l.headers[ORIGINAL_TOPIC], "orders");
         assert_eq!(original(&l), m);
+        let again = redriven(&l);
+        assert_eq!(again.headers[REDRIVEN_FOR], "payments");
+        assert!(!redriven_for_another(&again, "payments"));
+        assert!(redriven_for_another(&again, "saga"));
+        assert!(!redriven_for_another(&m, "saga"), "an ordinary message is for every group");
+        // Given up on again, it is redriven for the group that gave up this time.
+        let twice = letter(&again, "orders", "saga", 1, &Reason::Permanent("no".into()));
+        assert_eq!(redriven(&twice).headers[REDRIVEN_FOR], "saga");
     }
 }

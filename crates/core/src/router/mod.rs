@@ -10,9 +10,9 @@
 //!    *before* anything else happens, so waiting costs nothing but memory.
 //! 2. **Decode and verify** — a message whose type the handler does not
 //!    [`accept`](Handler::accepts) is acked here, untouched (a transport that filters by type
-//!    settles it before delivery: see [`Subscriber::subscribe_filtered`]). Others must be a
-//!    CloudEvent with a
-//!    valid signature. If not,
+//!    settles it before delivery: see [`Subscriber::subscribe_filtered`]), and so is a dead
+//!    letter redriven for another consumer group ([`dead_letter::REDRIVEN_FOR`]). Others must
+//!    be a CloudEvent with a valid signature. If not,
 //!    it goes straight to the dead-letter queue: retrying cannot fix bytes, and a forged event
 //!    must never reach a handler.
 //! 3. **Tracing span** — one span per delivery, carrying the W3C trace id read from the headers,
@@ -456,8 +456,11 @@ impl Shared {
     /// Steps 2 and 3 of the stack for one delivery: acks what the handler does not take,
     /// dead-letters what does not decode or verify, and opens the delivery's span.
     async fn screen(&self, route: &Route, delivery: Delivery) -> Option<Screened> {
-        // Types the handler ignores are settled here (binary mode names the type in a header).
-        if bus::refused_by(|kind| route.handler.accepts(kind), &delivery.message) {
+        // Types the handler ignores are settled here (binary mode names the type in a header),
+        // and so is a dead letter redriven for another group.
+        if bus::refused_by(|kind| route.handler.accepts(kind), &delivery.message)
+            || dead_letter::redriven_for_another(&delivery.message, &route.group)
+        {
             if let Err(e) = delivery.ack().await {
                 debug!(error = %e, "ack of an ignored message failed; it will be skipped again");
             }

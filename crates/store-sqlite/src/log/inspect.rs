@@ -74,9 +74,9 @@ pub struct LetterPage {
 /// What becomes of a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposal {
-    /// Its message is published again to its original topic, without the `weir-dlq-*` headers.
-    /// Every consumer group of the topic receives it again; those that handled it before skip
-    /// it (their inbox has its id).
+    /// Its message is published again to its original topic as
+    /// [`dead_letter::redriven`] makes it: without the `weir-dlq-*` headers, addressed to the
+    /// consumer group that gave up on it (the others ack it untouched).
     Redrive,
     /// It is removed for good.
     Discard,
@@ -189,7 +189,7 @@ impl LogWriter {
             let letter =
                 stored(&self.conn, id).map_err(sql)?.and_then(Stored::into_letter).ok_or(LetterError::NotFound(id))?;
             if disposal == Disposal::Redrive {
-                let message = dead_letter::original(&letter.message);
+                let message = dead_letter::redriven(&letter.message);
                 written.push(self.publish(&letter.topic, std::slice::from_ref(&message)).map_err(sql)?);
             }
             for delete in ["DELETE FROM messages WHERE id = ?1", "DELETE FROM retries WHERE msg_id = ?1"] {
