@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use weir_core::{Kernel, Keyring, RouterOptions, pii::Sealer, store, store::outbox::Outbox};
 use weir_http::{
     Tokens,
@@ -75,6 +75,11 @@ pub struct UpArgs {
     /// OCR worker processes at once (default: one per core).
     #[arg(long, env = "WEIR_OCR_WORKERS")]
     pub ocr_workers: Option<usize>,
+    /// How long the bus keeps a message after it was published, in hours, once every consumer
+    /// group of its topic has handled it (dead letters stay until redriven or discarded). The
+    /// history `weir events tail --from-start` shows; 0 keeps only what is still unhandled.
+    #[arg(long, env = "WEIR_BUS_RETENTION_HOURS", default_value_t = 24)]
+    pub bus_retention_hours: u64,
     /// Fault injection for drills and tests: deliver every message twice, as a broker does when
     /// an ack is lost. Nothing may happen twice.
     #[arg(long, env = "WEIR_FAULT_DUPLICATE_DELIVERIES", hide = true)]
@@ -245,6 +250,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(report_process(shutdown.clone()));
+    tasks.spawn(prune_bus(bus.clone(), Duration::from_secs(args.bus_retention_hours * 3600), shutdown.clone()));
     tasks.spawn(named("users", users.run(shutdown.clone())));
     tasks.spawn(named("inventory", inventory.run(shutdown.clone())));
     tasks.spawn(named("orders", orders.run(shutdown.clone())));
@@ -311,6 +317,30 @@ fn return_large_allocations_to_the_os() {
     // allocates large blocks, and a refusal (return 0) leaves the default in place.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// How often the bus deletes what it no longer needs to keep (the first time soon after start).
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// Deletes the bus's messages older than `retention` that every group has handled, now and
+/// then, so that the bus file stops growing.
+async fn prune_bus(bus: SqliteLog, retention: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut wait = Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        wait = PRUNE_EVERY;
+        match bus.prune(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                info!(deleted, "pruned the bus");
+                metrics::counter!("weir_bus_pruned_total").increment(deleted);
+            }
+            Err(e) => warn!(error = %e, "pruning the bus failed; it is tried again later"),
+        }
     }
 }
 

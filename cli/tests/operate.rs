@@ -166,3 +166,40 @@ async fn events_tail_follows_an_order_through_every_service_under_one_trace() {
     assert_eq!(topics, ["orders", "orders.commands", "orders"], "{text}");
     assert!(text.contains(&format!("trace {}", traces.iter().next().unwrap())), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_forgets_what_every_group_has_handled_after_its_retention() {
+    let (_dir, data) = data_dir();
+    let weir = Weir::start(&data, &["--bus-retention-hours", "0"]).await;
+    let client = weir.client();
+    let ada = client.register("ada@example.com").await;
+    let product = client.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
+    let product_id = product["product_id"].as_str().unwrap();
+    let first = client.place_order(&ada, product_id, 1).await;
+    assert_eq!(client.wait_for_outcome(&ada.token, &first).await["status"], "COMPLETED");
+
+    // The first prune runs ten seconds after the start.
+    let deadline = Instant::now() + PATIENCE;
+    let pruned = loop {
+        let metrics = reqwest::get(format!("{}/metrics", weir.url)).await.unwrap().text().await.unwrap();
+        let pruned = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_bus_pruned_total "))
+            .map(|v| v.trim().parse::<f64>().unwrap());
+        if let Some(pruned) = pruned {
+            break pruned;
+        }
+        assert!(Instant::now() < deadline, "the bus was never pruned");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // The catalog, the registration and the order's five messages, at least.
+    assert!(pruned >= 5.0, "{pruned}");
+
+    // Consumers carry on from their positions, and the oldest order message left is the new
+    // order's: the first one's are gone.
+    let second = client.place_order(&ada, product_id, 1).await;
+    assert_eq!(client.wait_for_outcome(&ada.token, &second).await["status"], "COMPLETED");
+    assert_eq!(client.wait_for_notifications(&ada.token, 2).await.len(), 2);
+    let oldest = stdout(&weir_on(&data, &["events", "tail", "--from-start", "--topic", "orders*", "--count", "1"]).await);
+    assert!(oldest.contains("order_created") && oldest.contains(&second), "{oldest}");
+}

@@ -495,6 +495,28 @@ async fn prune_deletes_only_what_every_group_passed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_goes_on_chunk_by_chunk_and_keeps_dead_letters() {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = open(dir.path());
+    // More than one prune operation deletes, in several batches of publishes.
+    const N: usize = 12_000;
+    for batch in 0..(N / 1_000) {
+        log.publish("t", (0..1_000).map(|i| msg(&format!("k{}", i % 50), batch * 1_000 + i)).collect()).await.unwrap();
+    }
+    dead_letters_of_orders(&log, 2).await;
+    let mut sub = log.subscribe("t", "g").await.unwrap();
+    let mut audit = log.subscribe("orders.dlq", "audit").await.unwrap();
+    consume_all(&mut sub, &labels(&(0..N).map(|i| msg(&format!("k{}", i % 50), i)).collect::<Vec<_>>())).await;
+    consume_all(&mut audit, &["order-1#0", "order-1#1"].map(String::from).into()).await;
+    drop((sub, audit));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(log.prune(Duration::ZERO).await.unwrap(), N as u64, "every settled message, in chunks");
+    assert_eq!(log.dead_letters(LetterQuery::default()).await.unwrap().total, 2, "settled dead letters stay");
+    assert_eq!(log.prune(Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_topics_keep_their_messages_apart() {
     let dir = tempfile::tempdir().expect("dir");
     let log = open(dir.path());

@@ -218,11 +218,20 @@ impl SqliteLog {
 
     /// Deletes messages published more than `older_than` ago that every consumer group of
     /// their topic has settled (and none holds for redelivery). Returns how many were deleted.
-    /// Topics without any group keep their messages, for the first group to come.
+    /// Topics without any group keep their messages, for the first group to come; dead letters
+    /// stay until they are redriven or discarded. Deletes a few thousand at a time, oldest
+    /// first, each in its own commit, so that publishes keep flowing meanwhile.
     pub async fn prune(&self, older_than: Duration) -> bus::Result<u64> {
-        let (reply, answer) = oneshot::channel();
-        self.send(WriteOp::Prune { older_than, reply })?;
-        answer.await.map_err(|_| bus::Error::Closed)?
+        let mut deleted = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.send(WriteOp::Prune { older_than, reply })?;
+            let chunk = answer.await.map_err(|_| bus::Error::Closed)??;
+            deleted += chunk;
+            if chunk < writer::PRUNE_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Stops every subscription of this log: each commits what was settled, releases its

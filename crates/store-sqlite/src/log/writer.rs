@@ -22,6 +22,10 @@ use crate::sql::{control, space_commits};
 /// Operations stop being drained into one batch past this many.
 const MAX_BATCH_OPS: usize = 4096;
 
+/// Messages one prune operation deletes at most, so that the publishes committed with it wait
+/// for a bounded delete.
+pub(crate) const PRUNE_CHUNK: i64 = 5_000;
+
 /// A topic as stored: its id and its (fixed) number of partitions.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TopicInfo {
@@ -544,18 +548,36 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Deletes messages older than `older_than` that every group of their topic has passed and
-    /// that no group still holds for redelivery.
+    /// Deletes up to [`PRUNE_CHUNK`] of the oldest messages older than `older_than` that every
+    /// group of their topic has passed and that no group still holds for redelivery. Dead
+    /// letters stay until they are redriven or discarded.
+    ///
+    /// Ids grow with publication time, so the old messages are the first ones: the delete stays
+    /// below the first young message's id, a range of the primary key, instead of reading the
+    /// whole log under the write lock. (Publishers in other processes may interleave a few
+    /// milliseconds out of order; a message that slips past the bound goes next time.)
     fn prune(&mut self, older_than: Duration) -> rusqlite::Result<u64> {
         let cutoff = now_ms() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
-        let deleted = self.conn.execute(
-            "DELETE FROM messages
-             WHERE published_at < ?1
-               AND id <= (SELECT min(c.position) FROM cursors c
-                          WHERE c.topic_id = messages.topic_id AND c.partition = messages.partition)
-               AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.msg_id = messages.id)",
-            [cutoff],
-        )?;
+        let young: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT coalesce((SELECT id FROM messages WHERE published_at >= ?1 ORDER BY id LIMIT 1),
+                             (SELECT coalesce(max(id), 0) + 1 FROM messages))",
+            )?
+            .query_row([cutoff], |r| r.get(0))?;
+        let deleted = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM messages WHERE id IN (
+                SELECT id FROM messages
+                WHERE id < ?1 AND published_at < ?2
+                  AND id <= (SELECT min(c.position) FROM cursors c
+                             WHERE c.topic_id = messages.topic_id AND c.partition = messages.partition)
+                  AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.msg_id = messages.id)
+                  AND topic_id NOT IN (SELECT id FROM topics WHERE name GLOB '*.dlq')
+                ORDER BY id LIMIT ?3)",
+            )?
+            .execute(params![young, cutoff, PRUNE_CHUNK])?;
         Ok(deleted as u64)
     }
 }
