@@ -200,6 +200,7 @@ async fn the_bus_forgets_what_every_group_has_handled_after_its_retention() {
     let second = client.place_order(&ada, product_id, 1).await;
     assert_eq!(client.wait_for_outcome(&ada.token, &second).await["status"], "COMPLETED");
     assert_eq!(client.wait_for_notifications(&ada.token, 2).await.len(), 2);
-    let oldest = stdout(&weir_on(&data, &["events", "tail", "--from-start", "--topic", "orders*", "--count", "1"]).await);
+    let oldest =
+        stdout(&weir_on(&data, &["events", "tail", "--from-start", "--topic", "orders*", "--count", "1"]).await);
     assert!(oldest.contains("order_created") && oldest.contains(&second), "{oldest}");
 }

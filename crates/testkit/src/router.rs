@@ -57,6 +57,7 @@ impl World {
                 max_deliveries: 3,
             },
             drain_timeout: Duration::from_secs(5),
+            inbox_retention: None,
         };
         Self {
             kernel: Kernel { db, outbox: Outbox::new(Keyring::generate("test")), publisher, subscriber },

@@ -267,9 +267,22 @@ pub async fn inbox_deduplicates_within_transactions(factory: &dyn DatabaseFactor
     assert!(inbox::record(tx.as_mut(), "inventory", id).await.unwrap(), "other consumers are independent");
     tx.commit().await.unwrap();
     assert!(inbox::contains(db.as_ref(), "inventory", id).await.unwrap());
+    assert_eq!(inbox::prune(db.as_ref(), store::now_millis() - 60_000).await.unwrap(), 0, "nothing is old enough");
+    assert_eq!(inbox::prune(db.as_ref(), store::now_millis() + 1000).await.unwrap(), 2);
+    assert!(!inbox::contains(db.as_ref(), "payments", id).await.unwrap());
+}
+
+pub async fn inbox_pruning_goes_on_chunk_by_chunk(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(inbox::prune(tx.as_mut(), store::now_millis() + 1000).await.unwrap(), 2);
+    let ids: Vec<uuid::Uuid> = (0..12_000).map(|_| uuid::Uuid::now_v7()).collect();
+    for id in &ids {
+        assert!(inbox::record(tx.as_mut(), "payments", *id).await.unwrap());
+    }
     tx.commit().await.unwrap();
+    assert_eq!(inbox::prune(db.as_ref(), store::now_millis() + 1000).await.unwrap(), 12_000);
+    let left = db.query("SELECT count(*) FROM weir_inbox", &[]).await.unwrap();
+    assert_eq!(left[0].i64(0).unwrap(), 0);
 }
 
 /// A read model counting events per stream, for the checkpoint and projection cases.
@@ -487,7 +500,8 @@ macro_rules! store_conformance_tests {
             event_store_appends_and_reads, event_store_detects_conflicts,
             event_store_positions_follow_commit_order, snapshots_keep_the_newest,
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
-            inbox_deduplicates_within_transactions, projections_checkpoint_and_rebuild,
+            inbox_deduplicates_within_transactions, inbox_pruning_goes_on_chunk_by_chunk,
+            projections_checkpoint_and_rebuild,
             sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
             the_relay_deletes_published_rows_soon_and_misses_no_late_commit,
             leases_are_exclusive_until_they_expire, transactions_are_atomic);

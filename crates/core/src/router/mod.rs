@@ -250,6 +250,11 @@ pub struct RouterOptions {
     pub retry: RetryPolicy,
     /// How long shutdown waits for in-flight messages.
     pub drain_timeout: Duration,
+    /// How long the inbox remembers a handled event (see [`inbox::prune`]); the router forgets
+    /// older records once an hour. `None` keeps them forever.
+    ///
+    /// [`inbox::prune`]: crate::store::inbox::prune
+    pub inbox_retention: Option<Duration>,
 }
 
 /// `weir_handler_skipped_total` for a route: messages of types its handler does not take. A
@@ -273,6 +278,28 @@ impl Default for RouterOptions {
             attempt_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(10),
+            inbox_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// How often a router forgets the inbox records older than its retention.
+const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Forgets, now and then, the inbox records older than `retention`, until `shutdown`.
+async fn prune_inbox(db: Db, retention: Duration, shutdown: CancellationToken) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        wait = INBOX_PRUNE_EVERY;
+        let before = store::now_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        match store::inbox::prune(db.as_ref(), before).await {
+            Ok(0) => {}
+            Ok(forgotten) => debug!(forgotten, "forgot old inbox records"),
+            Err(e) => warn!(error = %e, "forgetting old inbox records failed; it is tried again later"),
         }
     }
 }
@@ -339,6 +366,9 @@ impl Router {
             return Ok(());
         }
         let mut loops = JoinSet::new();
+        if let Some(retention) = shared.options.inbox_retention {
+            loops.spawn(prune_inbox(shared.kernel.db.clone(), retention, shutdown.clone()));
+        }
         for (route, mut subscription) in subscriptions {
             let (shared, permits, shutdown) = (shared.clone(), permits.clone(), shutdown.clone());
             let route = Arc::new(route);
