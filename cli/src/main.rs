@@ -1,6 +1,6 @@
 //! `weir`: the command-line front of the platform: `weir up` runs every service in one
 //! process on the embedded default; `weir events tail` follows its bus and `weir dlq` reads and
-//! redrives its dead letters; `weir bench` measures.
+//! redrives its dead letters; `weir replay` rebuilds a read model; `weir bench` measures.
 
 mod bench;
 mod classifier;
@@ -8,6 +8,7 @@ mod classify;
 mod data_dir;
 mod dlq;
 mod events;
+mod replay;
 mod samples;
 mod up;
 
@@ -37,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: events::Command,
     },
+    /// Rebuild a read model from its service's event store (with `weir up` stopped).
+    Replay(replay::ReplayArgs),
     /// Dead letters of the embedded bus: list, show, redrive or discard them.
     Dlq {
         #[command(subcommand)]
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Classify(args) => block_on(classify::run(args)),
         Command::Dlq { command } => block_on(dlq::run(command)),
         Command::Events { command } => block_on(events::run(command)),
+        Command::Replay(args) => block_on(replay::run(args)),
         Command::Samples(args) => samples::run(args).map(|()| ExitCode::SUCCESS),
         Command::Classifier { command } => classifier::run(command).map(|()| ExitCode::SUCCESS),
     }

@@ -13,8 +13,8 @@ use std::{
 
 use common::{PATIENCE, Weir, data_dir};
 use serde_json::json;
-use weir_core::{Event, Publisher};
-use weir_store_sqlite::{LogOptions, SqliteLog};
+use weir_core::{Event, Publisher, db::Database};
+use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
 
 /// `weir <args> --data-dir <data>`, run to its end.
 async fn weir_on(data: &Path, args: &[&str]) -> Output {
@@ -23,25 +23,21 @@ async fn weir_on(data: &Path, args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
 }
 
-async fn dlq(data: &Path, args: &[&str]) -> Output {
-    weir_on(data, &[&["dlq"], args].concat()).await
-}
-
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Runs a command that must succeed; its standard output.
 async fn ok(data: &Path, args: &[&str]) -> String {
-    let output = dlq(data, args).await;
-    assert!(output.status.success(), "weir dlq {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = weir_on(data, args).await;
+    assert!(output.status.success(), "weir {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     stdout(&output)
 }
 
 /// Runs a command that must fail; its standard error.
 async fn refused(data: &Path, args: &[&str]) -> String {
-    let output = dlq(data, args).await;
-    assert!(!output.status.success(), "weir dlq {args:?} succeeded: {}", stdout(&output));
+    let output = weir_on(data, args).await;
+    assert!(!output.status.success(), "weir {args:?} succeeded: {}", stdout(&output));
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -54,7 +50,7 @@ fn listed_ids(table: &str) -> Vec<i64> {
 async fn wait_for_letters_other_than(data: &Path, before: &[i64]) -> (Vec<i64>, String) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let table = ok(data, &["list"]).await;
+        let table = ok(data, &["dlq", "list"]).await;
         let ids = listed_ids(&table);
         if !ids.is_empty() && ids != before {
             return (ids, table);
@@ -68,7 +64,7 @@ async fn wait_for_letters_other_than(data: &Path, before: &[i64]) -> (Vec<i64>, 
 async fn an_operator_lists_shows_redrives_and_discards_dead_letters() {
     let (_dir, data) = data_dir();
     let weir = Weir::start(&data, &[]).await;
-    assert!(ok(&data, &["list"]).await.contains("No dead letters."));
+    assert!(ok(&data, &["dlq", "list"]).await.contains("No dead letters."));
 
     // Someone with access to the bus file forges a price change, unsigned.
     let client = weir.client();
@@ -92,7 +88,7 @@ async fn an_operator_lists_shows_redrives_and_discards_dead_letters() {
         assert!(table.contains(expected), "no {expected:?} in\n{table}");
     }
     let id = ids[0].to_string();
-    let shown = ok(&data, &["show", &id]).await;
+    let shown = ok(&data, &["dlq", "show", &id]).await;
     for expected in
         ["reason:     bad signature", "group:      orders", "ce-type: product_price_changed", "\"amount\": 1"]
     {
@@ -102,24 +98,24 @@ async fn an_operator_lists_shows_redrives_and_discards_dead_letters() {
 
     // Redriven, the live process receives it again and, the signature still being wrong, gives
     // up on it again: a new letter replaces the old one.
-    assert!(ok(&data, &["redrive", &id]).await.contains(&format!("redriven {id} → inventory")));
+    assert!(ok(&data, &["dlq", "redrive", &id]).await.contains(&format!("redriven {id} → inventory")));
     let (again, table) = wait_for_letters_other_than(&data, &ids).await;
     assert_eq!(again.len(), 1, "{table}");
     assert!(again[0] > ids[0]);
 
     // Bad requests say what to do and change nothing.
-    let missing = refused(&data, &["redrive", &again[0].to_string(), "999999"]).await;
+    let missing = refused(&data, &["dlq", "redrive", &again[0].to_string(), "999999"]).await;
     assert!(missing.contains("no dead letter 999999") && missing.contains("weir dlq list"), "{missing}");
-    assert!(refused(&data, &["show", "999999"]).await.contains("no dead letter 999999"));
-    assert!(refused(&data, &["redrive"]).await.contains("--all"), "ids or --all are required");
+    assert!(refused(&data, &["dlq", "show", "999999"]).await.contains("no dead letter 999999"));
+    assert!(refused(&data, &["dlq", "redrive"]).await.contains("--all"), "ids or --all are required");
     let elsewhere = data.with_file_name("nowhere");
-    let no_bus = refused(&elsewhere, &["list"]).await;
+    let no_bus = refused(&elsewhere, &["dlq", "list"]).await;
     assert!(no_bus.contains("no Weir bus") && no_bus.contains("--data-dir"), "{no_bus}");
     assert!(!elsewhere.exists(), "a mistyped --data-dir is not created");
-    assert_eq!(listed_ids(&ok(&data, &["list"]).await), again);
+    assert_eq!(listed_ids(&ok(&data, &["dlq", "list"]).await), again);
 
-    assert!(ok(&data, &["discard", "--all"]).await.contains("1 dead letter(s) discarded."));
-    assert!(ok(&data, &["list"]).await.contains("No dead letters."));
+    assert!(ok(&data, &["dlq", "discard", "--all"]).await.contains("1 dead letter(s) discarded."));
+    assert!(ok(&data, &["dlq", "list"]).await.contains("No dead letters."));
 
     // The forged price never reached the orders it would have priced.
     let ada = client.register("ada@example.com").await;
@@ -203,4 +199,37 @@ async fn the_bus_forgets_what_every_group_has_handled_after_its_retention() {
     let oldest =
         stdout(&weir_on(&data, &["events", "tail", "--from-start", "--topic", "orders*", "--count", "1"]).await);
     assert!(oldest.contains("order_created") && oldest.contains(&second), "{oldest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_a_damaged_read_model_of_a_stopped_weir_up() {
+    let (_dir, data) = data_dir();
+    let mut weir = Weir::start(&data, &[]).await;
+    let client = weir.client();
+    let ada = client.register("ada@example.com").await;
+    let product = client.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
+    let order_id = client.place_order(&ada, product["product_id"].as_str().unwrap(), 2).await;
+    let before = client.wait_for_outcome(&ada.token, &order_id).await;
+    assert_eq!(before["status"], "COMPLETED");
+
+    // Not while it runs: the read model would be half built under its readers.
+    let busy = refused(&data, &["replay", "orders.order_views"]).await;
+    assert!(busy.contains("another `weir up`") && busy.contains("stop it first"), "{busy}");
+    assert!(weir.interrupt().success());
+
+    // The read model is damaged (say, by a bug in an older version of its projection).
+    let db = SqliteDatabase::open(data.join("orders.db")).unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("UPDATE order_views SET status = 'PENDING', total_amount = 0", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(db);
+
+    let unknown = refused(&data, &["replay", "orders.views"]).await;
+    assert!(unknown.contains("no projection \"orders.views\"") && unknown.contains("orders.order_views"), "{unknown}");
+    let replayed = ok(&data, &["replay", "orders.order_views"]).await;
+    assert!(replayed.starts_with("Replayed 2 events into orders.order_views"), "{replayed}");
+
+    let weir = weir.restart().await;
+    let after: serde_json::Value = weir.client().order(&ada.token, &order_id).await.json().await.unwrap();
+    assert_eq!(after, before, "rebuilt from the events");
 }
