@@ -3,13 +3,12 @@
 //! bus file is shared; its consumers pick a redriven message up within half a second) or on a
 //! stopped one's data directory.
 
-use anyhow::bail;
 use clap::{Args, Subcommand};
 use weir_core::{
     bus::{Message, TYPE_HEADER},
     router::dead_letter,
 };
-use weir_store_sqlite::{DeadLetter, Disposal, LetterQuery, SqliteLog};
+use weir_store_sqlite::{DeadLetter, Disposal, LetterError, LetterQuery, SqliteLog};
 
 use crate::{
     bench::table,
@@ -84,7 +83,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if page.letters.is_empty() {
         match (&args.topic, args.after) {
             (None, 0) => println!("No dead letters."),
-            _ => println!("No dead letters here ({} in all for this topic).", page.total),
+            _ => println!("No dead letters here ({} in all).", page.total),
         }
         return Ok(());
     }
@@ -107,8 +106,10 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let shown = page.letters.len();
     if args.after == 0 && shown as u64 == page.total {
         println!("{shown} dead letter(s).");
-    } else {
+    } else if shown == args.limit {
         println!("{shown} shown, {} in all; the next page: --after {last}", page.total);
+    } else {
+        println!("{shown} shown, {} in all; that was the last page.", page.total);
     }
     println!("`weir dlq show ID` prints one whole; `weir dlq redrive ID` sends it back to its topic.");
     Ok(())
@@ -116,7 +117,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 async fn show(bus: &SqliteLog, id: i64) -> anyhow::Result<()> {
     let Some(DeadLetter { id, topic, message }) = bus.dead_letter(id).await? else {
-        bail!("no dead letter {id}: `weir dlq list` shows the letters there are");
+        return Err(LetterError::NotFound(id).into());
     };
     let header = |name: &str| message.headers.get(name).map_or("", String::as_str);
     println!("dead letter {id}");
