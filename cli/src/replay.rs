@@ -47,7 +47,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         format!("replaying {name} failed; run it again, or start weir up to carry on from where it stopped")
     })?;
     println!(
-        "Replayed {} events into {name} from {service}'s event store (up to position {}) in {:.1} s.",
+        "Replayed {} events into {name} from the {service} service's event store (up to position {}) in {:.1} s.",
         done.applied,
         done.position,
         started.elapsed().as_secs_f64()
