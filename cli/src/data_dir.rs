@@ -44,10 +44,10 @@ pub fn read_grpc_token(root: &Path) -> anyhow::Result<String> {
 
 const GRPC_KEY: &str = "grpc.key";
 
-/// `--data-dir` of the commands that read a `weir up`'s data directory from beside it.
+/// `--data-dir` of the commands that work on a `weir up`'s data directory.
 #[derive(clap::Args)]
 pub struct DataDirArg {
-    /// The data directory of the `weir up` whose bus to read.
+    /// The data directory of the `weir up` to work on.
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
     pub data_dir: PathBuf,
 }

@@ -89,7 +89,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     }
     let mut out = table(&["id", "topic", "group", "type", "subject", "attempts", "dead since", "reason"]);
     for letter in &page.letters {
-        let header = |name: &str| letter.message.headers.get(name).map_or("", String::as_str);
+        let header = |name| header(&letter.message, name);
         out.add_row([
             letter.id.to_string(),
             letter.topic.clone(),
@@ -119,7 +119,7 @@ async fn show(bus: &SqliteLog, id: i64) -> anyhow::Result<()> {
     let Some(DeadLetter { id, topic, message }) = bus.dead_letter(id).await? else {
         return Err(LetterError::NotFound(id).into());
     };
-    let header = |name: &str| message.headers.get(name).map_or("", String::as_str);
+    let header = |name| header(&message, name);
     println!("dead letter {id}");
     println!("topic:      {topic}");
     println!("group:      {}", header(dead_letter::GROUP));
@@ -135,6 +135,11 @@ async fn show(bus: &SqliteLog, id: i64) -> anyhow::Result<()> {
     println!("payload:");
     println!("{}", payload_text(&original));
     Ok(())
+}
+
+/// The value of header `name`, or nothing.
+fn header<'a>(message: &'a Message, name: &str) -> &'a str {
+    message.headers.get(name).map_or("", String::as_str)
 }
 
 /// The payload as indented JSON, as text, or as a size when it is neither.

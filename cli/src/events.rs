@@ -79,12 +79,16 @@ async fn next_page(bus: &SqliteLog, topics: Option<String>, after: i64, left: u6
     }
 }
 
+fn published_at(stored: &Stored) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(stored.published_at_ms).unwrap_or_default()
+}
+
 fn text_line(stored: &Stored) -> String {
-    let at = DateTime::<Utc>::from_timestamp_millis(stored.published_at_ms).unwrap_or_default();
-    let head = format!("{:>8}  {}  {:<16}", stored.id, at.format("%H:%M:%S%.3f"), stored.topic);
+    let at = published_at(stored).format("%H:%M:%S%.3f");
+    let head = format!("{:>8}  {at}  {:<16}", stored.id, stored.topic);
     match Event::from_message(&stored.message) {
         Ok(event) => {
-            let trace = event.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or("-");
+            let trace = event.trace_id().unwrap_or("-");
             format!("{head} {:<24} {:<38} {:<14} trace {trace}", event.kind, event.subject, event.source)
         }
         Err(e) => format!("{head} (not an event: {e}) key {}", stored.message.key),
@@ -96,6 +100,6 @@ fn json_line(stored: &Stored) -> String {
         Ok(event) => serde_json::from_slice(&event.to_json()).unwrap_or_default(),
         Err(e) => json!({ "error": e.to_string(), "key": stored.message.key }),
     };
-    let at = DateTime::<Utc>::from_timestamp_millis(stored.published_at_ms).unwrap_or_default();
-    json!({ "position": stored.id, "topic": stored.topic, "published_at": at, "event": event }).to_string()
+    json!({ "position": stored.id, "topic": stored.topic, "published_at": published_at(stored), "event": event })
+        .to_string()
 }

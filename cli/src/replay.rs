@@ -3,47 +3,44 @@
 //! `weir up`'s data directory (it takes the directory's lock), so nothing reads a half-built
 //! model; if it is cut short, the next `weir up` carries on from the model's checkpoint.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use weir_core::store::{self, projection::Projection};
 use weir_store_sqlite::SqliteDatabase;
 
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, DataDirArg};
 
 #[derive(Args)]
 #[command(after_help = "Example (with weir up stopped):\n  weir replay orders.order_views")]
 pub struct ReplayArgs {
     /// The projection to rebuild: orders.order_views (the orders behind GET /v1/orders).
     projection: String,
-    /// The data directory of the (stopped) `weir up`.
-    #[arg(long, env = "WEIR_DATA_DIR", default_value = "weir-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 /// Events read and applied per transaction.
 const BATCH: i64 = 1_000;
 
 /// The projections there are, with the service whose database holds them.
-fn projections() -> [(&'static str, &'static str, Arc<dyn Projection>); 1] {
-    [(weir_orders::OrderViews::NAME, weir_orders::NAME, Arc::new(weir_orders::OrderViews))]
-}
+const PROJECTIONS: [(&str, &str, &dyn Projection); 1] =
+    [(weir_orders::OrderViews::NAME, weir_orders::NAME, &weir_orders::OrderViews)];
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let Some((name, service, projection)) = projections().into_iter().find(|(name, ..)| *name == args.projection)
-    else {
-        let known: Vec<&str> = projections().iter().map(|(name, ..)| *name).collect();
+    let Some(&(name, service, projection)) = PROJECTIONS.iter().find(|(name, ..)| *name == args.projection) else {
+        let known: Vec<&str> = PROJECTIONS.iter().map(|(name, ..)| *name).collect();
         bail!("no projection {:?}: the projections are {}", args.projection, known.join(", "));
     };
-    let file = args.data_dir.join(format!("{service}.db"));
+    let file = args.data.data_dir.join(format!("{service}.db"));
     if !file.is_file() {
-        bail!("no {} in {}: pass the --data-dir that `weir up` uses", file.display(), args.data_dir.display());
+        bail!("no {} in {}: pass the --data-dir that `weir up` uses", file.display(), args.data.data_dir.display());
     }
-    let _lock = DataDir::open(&args.data_dir)?;
+    let _lock = DataDir::open(&args.data.data_dir)?;
     let db = SqliteDatabase::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
     let started = Instant::now();
-    let done = store::projection::rebuild(&db, projection.as_ref(), BATCH).await.with_context(|| {
+    let done = store::projection::rebuild(&db, projection, BATCH).await.with_context(|| {
         format!("replaying {name} failed; run it again, or start weir up to carry on from where it stopped")
     })?;
     println!(

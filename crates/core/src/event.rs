@@ -124,6 +124,11 @@ impl Event {
         serde_json::from_slice(&self.data).map_err(|e| DecodeError::Data(e.to_string()))
     }
 
+    /// The W3C trace id (32 hex digits) of the event's `traceparent`, if it has one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(|t| t.split('-').nth(1))
+    }
+
     pub fn dataschema(&self) -> String {
         format!("/schemas/{}/v{}.json", self.kind, self.data_version)
     }

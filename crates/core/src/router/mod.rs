@@ -510,7 +510,7 @@ impl Shared {
             return None;
         }
         // 3. Tracing span.
-        let trace_id = event.traceparent.as_deref().and_then(|t| t.split('-').nth(1)).unwrap_or("");
+        let trace_id = event.trace_id().unwrap_or("");
         let span = info_span!("handle", topic = %route.topic, group = %route.group, event_type = %event.kind,
             event_id = %event.id, subject = %event.subject, attempt = delivery.attempt, trace_id = %trace_id);
         Some(Screened { delivery, event, span })
