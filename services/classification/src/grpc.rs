@@ -48,7 +48,7 @@ impl Default for Limits {
 }
 
 /// Serves the classifier (behind its interceptors), gRPC health (the classifier `SERVING`) and
-/// reflection v1 on `listener` until `shutdown`; open streams are ended with `UNAVAILABLE` so
+/// reflection (v1 and v1alpha) on `listener` until `shutdown`; open streams are ended with `UNAVAILABLE` so
 /// that shutdown never waits on a client. The model is read from `model` on every call, so a
 /// model swapped in by [`SharedModel::watch`] is used at once; while `model` has none, calls
 /// are `UNAVAILABLE`.
@@ -65,17 +65,21 @@ pub async fn serve(
     let classifier = ClassifierServer::new(api).max_decoding_message_size(limits.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ClassifierServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Reflection(e.to_string()))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
+    // Older clients (grpcurl before 1.8.8, many GUI clients) ask v1alpha only.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
 
     info!(%address, "classifier gRPC API listening");
     let stopping = shutdown.clone();
     Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(classifier, Interceptors::new(&token)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             stopping.cancelled().await;

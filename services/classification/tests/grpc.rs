@@ -285,3 +285,27 @@ async fn reflection_lists_and_describes_the_classifier() {
     let methods: Vec<&str> = file.service[0].method.iter().map(|m| m.name()).collect();
     assert_eq!(methods, ["Classify", "ClassifySections", "ClassifyBatch", "ClassifyStream"]);
 }
+
+/// Older clients (grpcurl before 1.8.8, most GUI clients) only speak reflection v1alpha.
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_classifier_for_older_clients() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = start(Limits::default()).await;
+    let mut reflection = ServerReflectionClient::new(channel(&server).await);
+    let question = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter(vec![question]))
+        .await
+        .expect("the v1alpha service answers")
+        .into_inner();
+    let listed = answers.next().await.expect("an answer").expect("ok").message_response;
+    let Some(MessageResponse::ListServicesResponse(list)) = listed else { panic!("not a service list: {listed:?}") };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"weir.classifier.v1.Classifier"), "{names:?}");
+}
