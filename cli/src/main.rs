@@ -66,8 +66,18 @@ enum Internal {
     ProcessDocument,
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+/// An error ends the command with one line saying what went wrong and why (`error: …: …`, the
+/// causes joined), never a stack trace — even under `RUST_BACKTRACE`, which anyhow would
+/// otherwise honour.
+fn main() -> ExitCode {
+    run(Cli::parse().command).unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         // No async runtime: the worker is one blocking job in its own process.
         Command::Internal(Internal::ProcessDocument) => Ok(weir_processing::worker::main()),
         Command::Up(args) => block_on(up::run(args)),

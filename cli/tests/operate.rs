@@ -16,10 +16,11 @@ use serde_json::json;
 use weir_core::{Event, Publisher, db::Database};
 use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
 
-/// `weir <args> --data-dir <data>`, run to its end.
+/// `weir <args> --data-dir <data>`, run to its end — with `RUST_BACKTRACE=1`, as in many a Rust
+/// developer's shell, which must not turn an operator's error into a stack trace.
 async fn weir_on(data: &Path, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
-    command.args(args).arg("--data-dir").arg(data);
+    command.args(args).arg("--data-dir").arg(data).env("RUST_BACKTRACE", "1");
     tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
 }
 
@@ -34,11 +35,14 @@ async fn ok(data: &Path, args: &[&str]) -> String {
     stdout(&output)
 }
 
-/// Runs a command that must fail; its standard error.
+/// Runs a command that must fail; its standard error, which says what went wrong in one
+/// `error:` line (clap's usage errors add their usage lines), never a backtrace.
 async fn refused(data: &Path, args: &[&str]) -> String {
     let output = weir_on(data, args).await;
     assert!(!output.status.success(), "weir {args:?} succeeded: {}", stdout(&output));
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr.starts_with("error: ") && !stderr.contains("acktrace"), "weir {args:?}:\n{stderr}");
+    stderr
 }
 
 /// The ids in the first column of `weir dlq list`'s table.
