@@ -14,7 +14,7 @@ use std::{
 use common::{PATIENCE, Weir, data_dir};
 use serde_json::json;
 use weir_core::{Event, Publisher, db::Database};
-use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
+use weir_store_sqlite::{Browse, LogOptions, SqliteDatabase, SqliteLog};
 
 /// `weir <args> --data-dir <data>`, run to its end — with `RUST_BACKTRACE=1`, as in many a Rust
 /// developer's shell, which must not turn an operator's error into a stack trace.
@@ -136,13 +136,16 @@ async fn events_tail_follows_an_order_through_every_service_under_one_trace() {
     let ada = client.register("ada@example.com").await;
     let product = client.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
 
-    // From now on (the catalog and the registration are behind): the order's five messages.
+    // After the registration's `user_registered` (the catalog is behind it): the order's five
+    // messages. A tail started "from now" a fixed while before the order raced a loaded machine.
+    let bus = SqliteLog::open(data.join("bus.db"), LogOptions::default()).unwrap();
+    let after = wait_for_registration(&bus).await;
     let tail = tokio::spawn({
         let data = data.clone();
-        async move { weir_on(&data, &["events", "tail", "--count", "5", "--json"]).await }
+        async move { weir_on(&data, &["events", "tail", "--after", &after.to_string(), "--count", "5", "--json"]).await }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let order_id = client.place_order(&ada, product["product_id"].as_str().unwrap(), 1).await;
+    let product_id = product["product_id"].as_str().unwrap();
+    let order_id = client.place_order(&ada, product_id, 1).await;
     let output = tokio::time::timeout(PATIENCE, tail).await.expect("tail stops after --count").unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
@@ -165,6 +168,39 @@ async fn events_tail_follows_an_order_through_every_service_under_one_trace() {
     let topics: Vec<&str> = text.lines().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
     assert_eq!(topics, ["orders", "orders.commands", "orders"], "{text}");
     assert!(text.contains(&format!("trace {}", traces.iter().next().unwrap())), "{text}");
+
+    // Without a start, it follows from now: orders placed until it has printed one show only
+    // what was published after it started.
+    let before = bus.last_id().await.unwrap();
+    let mut follow = tokio::spawn({
+        let data = data.clone();
+        async move { weir_on(&data, &["events", "tail", "--count", "1"]).await }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let output = loop {
+        client.place_order(&ada, product_id, 1).await;
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut follow).await {
+            break done.unwrap();
+        }
+        assert!(Instant::now() < deadline, "tail printed nothing while orders were placed");
+    };
+    let line = stdout(&output);
+    let position: i64 = line.split_whitespace().next().and_then(|p| p.parse().ok()).expect("a position");
+    assert!(position > before, "{line}");
+    bus.close().await;
+}
+
+/// Waits until the bus holds a `user_registered`; the last position then.
+async fn wait_for_registration(bus: &SqliteLog) -> i64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let users = bus.browse(Browse { topics: Some("users".into()), after: 0, limit: 10 }).await.unwrap();
+        if users.iter().any(|s| Event::from_message(&s.message).is_ok_and(|e| e.kind == "user_registered")) {
+            return bus.last_id().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no user_registered on the bus");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
