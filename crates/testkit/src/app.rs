@@ -95,7 +95,11 @@ impl TestWorld {
     /// Starts reading `topic` from its beginning as a fresh consumer group.
     pub async fn watch(&self, topic: &str) -> Watch {
         let group = format!("watch-{}", uuid::Uuid::now_v7().simple());
-        Watch { subscription: self.log.subscribe(topic, &group).await.expect("subscribe"), seen: Vec::new() }
+        Watch {
+            subscription: self.log.subscribe(topic, &group).await.expect("subscribe"),
+            seen: Vec::new(),
+            found: Vec::new(),
+        }
     }
 }
 
@@ -103,10 +107,14 @@ impl TestWorld {
 pub struct Watch {
     subscription: Subscription,
     seen: Vec<Event>,
+    /// Indexes in `seen` that an `expect` has returned: each event is found once.
+    found: Vec<usize>,
 }
 
 impl Watch {
-    /// Waits for the first `C` (not seen before) for which `accept` holds, failing after [`PATIENCE`].
+    /// Waits for the first `C` for which `accept` holds that no earlier `expect` returned —
+    /// among what was read while waiting for something else, then among what arrives —
+    /// failing after [`PATIENCE`]. Events of different keys arrive in either order.
     pub async fn expect<C: Contract>(&mut self, accept: impl Fn(&C) -> bool) -> (C, Event) {
         self.try_expect(PATIENCE, accept)
             .await
@@ -119,15 +127,21 @@ impl Watch {
         within: Duration,
         accept: impl Fn(&C) -> bool,
     ) -> Option<(C, Event)> {
+        let matching = |event: &Event| C::decode(event).and_then(Result::ok).filter(|payload| accept(payload));
+        let earlier =
+            (0..self.seen.len()).filter(|i| !self.found.contains(i)).find_map(|i| Some((i, matching(&self.seen[i])?)));
+        if let Some((i, payload)) = earlier {
+            self.found.push(i);
+            return Some((payload, self.seen[i].clone()));
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let delivery = tokio::time::timeout_at(deadline, self.subscription.next()).await.ok()??;
             let event = Event::from_message(&delivery.message).expect("a well-formed event on the bus");
             delivery.ack().await.expect("ack");
             self.seen.push(event.clone());
-            if let Some(Ok(payload)) = C::decode(&event)
-                && accept(&payload)
-            {
+            if let Some(payload) = matching(&event) {
+                self.found.push(self.seen.len() - 1);
                 return Some((payload, event));
             }
         }
@@ -170,4 +184,36 @@ pub async fn serve(router: axum::Router, tokens: &Tokens) -> (String, Cancellati
             .expect("serve");
     });
     (url, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+    use weir_contracts::{
+        Currency, Money,
+        orders::{OrderCancelled, OrderCompleted},
+    };
+
+    use super::*;
+
+    /// Two outcomes of different orders may be published in either order: waiting for the
+    /// second must still find the first, read while waiting for the other.
+    #[tokio::test]
+    async fn an_event_read_while_waiting_for_another_is_still_found() {
+        let world = TestWorld::new();
+        let mut orders = world.watch(weir_contracts::topics::ORDERS).await;
+        let (cancelled, completed) = (Uuid::now_v7(), Uuid::now_v7());
+        let user_id = Uuid::now_v7();
+        world.publish("orders", &OrderCancelled { order_id: cancelled, user_id, reason: "no stock".into() }).await;
+        world
+            .publish("orders", &OrderCompleted { order_id: completed, user_id, total: Money::new(1, Currency::EUR) })
+            .await;
+
+        orders.expect::<OrderCompleted>(|c| c.order_id == completed).await;
+        let (found, _) = orders.expect::<OrderCancelled>(|c| c.order_id == cancelled).await;
+        assert_eq!(found.reason, "no stock");
+        // Each is found once: nothing else is waiting.
+        assert!(orders.try_expect::<OrderCancelled>(Duration::from_millis(100), |_| true).await.is_none());
+        assert!(orders.try_expect::<OrderCompleted>(Duration::from_millis(100), |_| true).await.is_none());
+    }
 }

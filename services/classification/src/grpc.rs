@@ -48,10 +48,10 @@ impl Default for Limits {
 }
 
 /// Serves the classifier (behind its interceptors), gRPC health (the classifier `SERVING`) and
-/// reflection (v1 and v1alpha) on `listener` until `shutdown`; open streams are ended with `UNAVAILABLE` so
-/// that shutdown never waits on a client. The model is read from `model` on every call, so a
-/// model swapped in by [`SharedModel::watch`] is used at once; while `model` has none, calls
-/// are `UNAVAILABLE`.
+/// reflection (v1 and v1alpha) on `listener` until `shutdown`; open streams are ended with
+/// `UNAVAILABLE` so that shutdown never waits on a client. The model is read from `model` on
+/// every call, so a model swapped in by [`SharedModel::watch`] is used at once; while `model`
+/// has none, calls are `UNAVAILABLE`.
 pub async fn serve(
     model: SharedModel,
     token: &str,

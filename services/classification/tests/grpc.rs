@@ -286,7 +286,7 @@ async fn reflection_lists_and_describes_the_classifier() {
     assert_eq!(methods, ["Classify", "ClassifySections", "ClassifyBatch", "ClassifyStream"]);
 }
 
-/// Older clients (grpcurl before 1.8.8, most GUI clients) only speak reflection v1alpha.
+/// Older clients (grpcurl before 1.8.8, many GUI clients) only speak reflection v1alpha.
 #[tokio::test]
 async fn reflection_v1alpha_lists_the_classifier_for_older_clients() {
     use tonic_reflection::pb::v1alpha::{
