@@ -127,23 +127,26 @@ impl Watch {
         within: Duration,
         accept: impl Fn(&C) -> bool,
     ) -> Option<(C, Event)> {
-        let matching = |event: &Event| C::decode(event).and_then(Result::ok).filter(|payload| accept(payload));
-        let earlier =
-            (0..self.seen.len()).filter(|i| !self.found.contains(i)).find_map(|i| Some((i, matching(&self.seen[i])?)));
-        if let Some((i, payload)) = earlier {
-            self.found.push(i);
-            return Some((payload, self.seen[i].clone()));
-        }
         let deadline = tokio::time::Instant::now() + within;
+        // What was read before this call is looked at first, then each event as it arrives.
+        let mut next = 0;
         loop {
+            for i in next..self.seen.len() {
+                if self.found.contains(&i) {
+                    continue;
+                }
+                if let Some(Ok(payload)) = C::decode(&self.seen[i])
+                    && accept(&payload)
+                {
+                    self.found.push(i);
+                    return Some((payload, self.seen[i].clone()));
+                }
+            }
+            next = self.seen.len();
             let delivery = tokio::time::timeout_at(deadline, self.subscription.next()).await.ok()??;
             let event = Event::from_message(&delivery.message).expect("a well-formed event on the bus");
             delivery.ack().await.expect("ack");
-            self.seen.push(event.clone());
-            if let Some(payload) = matching(&event) {
-                self.found.push(self.seen.len() - 1);
-                return Some((payload, event));
-            }
+            self.seen.push(event);
         }
     }
 
