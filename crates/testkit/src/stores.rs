@@ -354,6 +354,55 @@ pub async fn projections_checkpoint_and_rebuild(factory: &dyn DatabaseFactory) {
     assert_eq!(counts(&db).await, [("a".into(), 3), ("b".into(), 2)]);
 }
 
+/// Replicas of a service each run its projector on the one database: however their batches
+/// interleave, every event is applied once and the checkpoint never moves back.
+pub async fn projections_apply_each_event_once_under_concurrent_runners(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("CREATE TABLE test_counts (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    const STREAMS: i64 = 4;
+    const PER_STREAM: i64 = 30;
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for i in 0..PER_STREAM {
+                for s in 0..STREAMS {
+                    let stream = format!("s{s}");
+                    let mut tx = db.begin().await.unwrap();
+                    let events = [event("e", &stream, i)];
+                    event_store::append(tx.as_mut(), db.dialect(), &stream, ExpectedVersion::Any, &events)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }
+        })
+    };
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut highest = 0;
+                for _ in 0..200 {
+                    projection::catch_up(db.as_ref(), &Counts, 3).await.unwrap();
+                    let saved = checkpoints::load(db.as_ref(), "counts").await.unwrap();
+                    assert!(saved >= highest, "the checkpoint moved back from {highest} to {saved}");
+                    highest = saved;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    for runner in runners {
+        runner.await.unwrap();
+    }
+    projection::catch_up(db.as_ref(), &Counts, 3).await.unwrap();
+    let expected: Vec<(String, i64)> = (0..STREAMS).map(|s| (format!("s{s}"), PER_STREAM)).collect();
+    assert_eq!(counts(&db).await, expected, "an event was applied twice or never");
+}
+
 pub async fn sagas_use_optimistic_concurrency(factory: &dyn DatabaseFactory) {
     let db = fresh(factory).await;
     let mut tx = db.begin().await.unwrap();
@@ -501,7 +550,7 @@ macro_rules! store_conformance_tests {
             event_store_positions_follow_commit_order, snapshots_keep_the_newest,
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
             inbox_deduplicates_within_transactions, inbox_pruning_goes_on_chunk_by_chunk,
-            projections_checkpoint_and_rebuild,
+            projections_checkpoint_and_rebuild, projections_apply_each_event_once_under_concurrent_runners,
             sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
             the_relay_deletes_published_rows_soon_and_misses_no_late_commit,
             leases_are_exclusive_until_they_expire, transactions_are_atomic);

@@ -48,8 +48,8 @@ pub async fn catch_up(db: &dyn Database, projection: &dyn Projection, batch: i64
 /// Applies the next (at most `batch`) events past `position` and moves the checkpoint, in one
 /// transaction; returns what it applied (nothing if no event is past the checkpoint) and the
 /// checkpoint it left. `position` is the checkpoint as the caller last left it, which a runner
-/// knows without reading it: if another runner (or a rebuild) moved it since, the re-check under
-/// the writer finds out and the batch is read again from the real checkpoint. A runner that
+/// knows without reading it: if another runner (or a rebuild) moved it since, the checkpoint's
+/// compare-and-set finds out and the batch is read again from the real checkpoint. A runner that
 /// publishes the position after each batch, rather than after draining, lets readers waiting
 /// for their own writes go sooner under load.
 pub async fn apply_batch(
@@ -62,19 +62,17 @@ pub async fn apply_batch(
         let events = event_store::read_all(db, position, batch).await?;
         let Some(last) = events.last().map(|e| e.position) else { return Ok(CaughtUp { applied: 0, position }) };
         let mut tx = db.begin().await?;
-        // Re-check under the transaction: another runner may have moved the checkpoint.
-        let rows = tx
-            .query("SELECT position FROM weir_checkpoints WHERE projection = $1", &[projection.name().into()])
-            .await?;
-        let current = rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0);
-        if current != position {
-            position = current;
+        // The checkpoint moves first, and only from where this runner left it. The row lock this
+        // takes queues the runners of one projection (each replica of a service runs one), and
+        // when another runner moved it since, nothing matches: that runner applied these events,
+        // so this one rolls back and reads again from the real checkpoint.
+        if !checkpoints::advance(tx.as_mut(), projection.name(), position, last).await? {
+            position = checkpoints::load_in(tx.as_mut(), projection.name()).await?;
             continue;
         }
         for event in &events {
             projection.apply(tx.as_mut(), event).await?;
         }
-        checkpoints::save(tx.as_mut(), projection.name(), last).await?;
         tx.commit().await?;
         return Ok(CaughtUp { applied: events.len(), position: last });
     }
