@@ -66,11 +66,10 @@ pub fn open_bus(root: &Path) -> anyhow::Result<weir_store_sqlite::SqliteLog> {
 impl DataDir {
     /// Creates `root` if needed (mode 0700) and locks it.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(root.join("keys")).with_context(|| {
+        fs::create_dir_all(root).with_context(|| {
             format!("cannot create the data directory {}; choose another with --data-dir", root.display())
         })?;
         restrict(root, 0o700)?;
-        restrict(&root.join("keys"), 0o700)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -106,38 +105,76 @@ impl DataDir {
         Ok(std::sync::Arc::new(store))
     }
 
-    /// Loads the keys, generating any that are missing.
+    /// Loads the keys (`keys/`), generating any that are missing.
     pub fn keys(&self) -> anyhow::Result<Keys> {
-        let events = self.key("events.key", 32)?;
-        let tokens = self.key("tokens.key", 32)?;
-        let pii = self.key("pii.key", 32)?;
-        let grpc_token = hex::encode(self.key(GRPC_KEY, 32)?);
-        Ok(Keys { events, tokens, pii: pii.try_into().expect("a 32-byte key"), grpc_token })
+        Keys::load_or_generate(&self.root.join("keys"))
+    }
+}
+
+impl Keys {
+    /// Signs and verifies every event.
+    pub fn keyring(&self) -> weir_core::Keyring {
+        weir_core::Keyring::new("k1", self.events.clone())
     }
 
-    fn key(&self, name: &str, len: usize) -> anyhow::Result<Vec<u8>> {
-        let path = self.root.join("keys").join(name);
-        match fs::read(&path) {
-            Ok(bytes) if bytes.len() == len => return Ok(bytes),
-            Ok(_) => bail!(
-                "{} is damaged (wrong length); restore it from a backup — deleting it makes existing data unreadable",
-                path.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    /// Issues and verifies access tokens, valid for an hour.
+    pub fn tokens(&self) -> weir_http::Tokens {
+        weir_http::Tokens::new(&self.tokens, std::time::Duration::from_secs(3600))
+    }
+
+    /// Seals and opens the personal data in events.
+    pub fn sealer(&self) -> weir_core::pii::Sealer {
+        weir_core::pii::Sealer::new("k1", &self.pii)
+    }
+
+    /// Loads the keys in `dir`, generating any that are missing (the directory too, mode 0700).
+    /// Processes that start together on one directory agree: a key is created at most once.
+    pub fn load_or_generate(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create the key directory {}", dir.display()))?;
+        restrict(dir, 0o700)?;
+        let events = key(dir, "events.key", 32)?;
+        let tokens = key(dir, "tokens.key", 32)?;
+        let pii = key(dir, "pii.key", 32)?;
+        let grpc_token = hex::encode(key(dir, GRPC_KEY, 32)?);
+        Ok(Keys { events, tokens, pii: pii.try_into().expect("a 32-byte key"), grpc_token })
+    }
+}
+
+fn key(dir: &Path, name: &str, len: usize) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(name);
+    let read = || match fs::read(&path) {
+        Ok(bytes) if bytes.len() == len => Ok(Some(bytes)),
+        Ok(_) => bail!(
+            "{} is damaged (wrong length); restore it from a backup — deleting it makes existing data unreadable",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if let Some(key) = read()? {
+        return Ok(key);
+    }
+    let mut key = vec![0u8; len];
+    rand::fill(&mut key[..]);
+    // Written whole to a file of this process's own, then linked into place: a crash never
+    // leaves half a key, and when another process got there first its key is the one used.
+    let temporary = dir.join(format!(".{name}.{:016x}", rand::random::<u64>()));
+    {
+        let mut file = create_private(&temporary)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+    }
+    let linked = fs::hard_link(&temporary, &path);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            tracing::info!(key = %path.display(), "generated a new key");
+            Ok(key)
         }
-        let mut key = vec![0u8; len];
-        rand::fill(&mut key[..]);
-        // Write to a temporary file and rename, so a crash never leaves half a key.
-        let temporary = path.with_extension("tmp");
-        {
-            let mut file = create_private(&temporary)?;
-            file.write_all(&key)?;
-            file.sync_all()?;
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read()?.with_context(|| format!("{} vanished while it was being read", path.display()))
         }
-        fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        tracing::info!(key = %path.display(), "generated a new key");
-        Ok(key)
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
 }
 
@@ -184,7 +221,26 @@ mod tests {
     fn a_damaged_key_is_an_error_not_a_new_key() {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
+        data.keys().unwrap();
         fs::write(dir.path().join("keys/tokens.key"), b"short").unwrap();
         assert!(data.keys().err().unwrap().to_string().contains("damaged"));
+    }
+
+    #[test]
+    fn processes_starting_together_agree_on_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("shared");
+        let loaded: Vec<Keys> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..8).map(|_| scope.spawn(|| Keys::load_or_generate(&keys).unwrap())).collect();
+            starts.into_iter().map(|s| s.join().unwrap()).collect()
+        });
+        for other in &loaded[1..] {
+            assert_eq!(
+                (&other.events, &other.tokens, &other.pii),
+                (&loaded[0].events, &loaded[0].tokens, &loaded[0].pii)
+            );
+        }
+        let left: Vec<_> = fs::read_dir(&keys).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 4, "only the four keys remain: {left:?}");
     }
 }

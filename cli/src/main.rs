@@ -1,5 +1,6 @@
 //! `weir`: the command-line front of the platform: `weir up` runs every service in one
-//! process on the embedded default; `weir events tail` follows its bus and `weir dlq` reads and
+//! process on the embedded default, `weir serve` one service on PostgreSQL and NATS JetStream;
+//! `weir events tail` follows its bus and `weir dlq` reads and
 //! redrives its dead letters; `weir replay` rebuilds a read model; `weir bench` measures.
 
 mod bench;
@@ -9,7 +10,10 @@ mod data_dir;
 mod dlq;
 mod events;
 mod replay;
+mod runtime;
 mod samples;
+mod serve;
+mod services;
 mod up;
 
 use std::process::ExitCode;
@@ -28,6 +32,9 @@ enum Command {
     /// Run every service in one process on the embedded default (SQLite under a data
     /// directory, keys generated on first run) and serve the HTTP API.
     Up(up::UpArgs),
+    /// Run one service of the order pipeline in its own process, on PostgreSQL and NATS
+    /// JetStream; run several processes of a service to share its work.
+    Serve(serve::ServeArgs),
     /// Measure the platform on this machine and print a table.
     Bench {
         #[command(subcommand)]
@@ -81,6 +88,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         // No async runtime: the worker is one blocking job in its own process.
         Command::Internal(Internal::ProcessDocument) => Ok(weir_processing::worker::main()),
         Command::Up(args) => block_on(up::run(args)),
+        Command::Serve(args) => block_on(serve::run(args)),
         Command::Bench { scenario } => block_on(bench::run(scenario)),
         Command::Classify(args) => block_on(classify::run(args)),
         Command::Dlq { command } => block_on(dlq::run(command)),

@@ -23,6 +23,6 @@ mod value;
 
 pub use database::{Options, PgDatabase};
 pub use testing::{
-    DEFAULT_TEST_ADMIN_URL, TEST_DATABASE_PREFIX, create_database, drop_database, fresh_test_database,
-    fresh_test_database_with,
+    DEFAULT_TEST_ADMIN_URL, TEST_DATABASE_PREFIX, connect_or_create, create_database, drop_database,
+    fresh_test_database, fresh_test_database_with,
 };

@@ -1,4 +1,5 @@
-//! Databases for tests and first-run setup.
+//! Databases for tests and first-run setup: [`connect_or_create`] is how a service meets its
+//! database on first start.
 //!
 //! [`fresh_test_database`] gives every test its own empty database on the local server, so tests
 //! run in parallel without seeing each other's rows. It panics — loudly, with the command that
@@ -35,8 +36,12 @@ const STALE_AFTER: Duration = Duration::from_secs(6 * 60 * 60);
 /// `name` must be a plain identifier (ASCII letters, digits, `_`), since it cannot be sent as a
 /// parameter.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<()> {
+    create_database_at(parse(admin_url)?, name).await
+}
+
+async fn create_database_at(admin: tokio_postgres::Config, name: &str) -> Result<()> {
     check_identifier(name)?;
-    let admin = admin_connect(admin_url).await?;
+    let admin = admin_connect_to(admin).await?;
     match admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await {
         Ok(()) => Ok(()),
         // 23505: two sessions raced to create it; the other one won. Either way it exists.
@@ -119,9 +124,37 @@ async fn drop_stale_test_databases(admin_url: &str) {
     }
 }
 
+/// Connects to the database `url` names, creating it first when the server says it does not
+/// exist — a service's first run. Creating needs the `CREATEDB` privilege and the server's
+/// `postgres` database; the database name must be a plain identifier.
+pub async fn connect_or_create(url: &str, options: Options) -> Result<PgDatabase> {
+    let config = parse(url)?;
+    let Some(name) = config.get_dbname().map(str::to_owned) else {
+        return Err(Error::Other("the PostgreSQL URL names no database (add /<name> after the host)".into()));
+    };
+    match PgDatabase::from_config(config.clone(), options.clone()).await {
+        Err(Error::Other(message))
+            if message.contains(&format!("[SQLSTATE {}]", SqlState::INVALID_CATALOG_NAME.code())) =>
+        {
+            let mut admin = config.clone();
+            admin.dbname("postgres");
+            create_database_at(admin, &name).await?;
+            PgDatabase::from_config(config, options).await
+        }
+        connected => connected,
+    }
+}
+
+fn parse(url: &str) -> Result<tokio_postgres::Config> {
+    // The driver's parse error never echoes the URL, so a password cannot leak into logs.
+    url.parse().map_err(|e| Error::Other(format!("invalid PostgreSQL URL: {e}")))
+}
+
 async fn admin_connect(admin_url: &str) -> Result<tokio_postgres::Client> {
-    let mut config: tokio_postgres::Config =
-        admin_url.parse().map_err(|e| Error::Other(format!("invalid PostgreSQL URL: {e}")))?;
+    admin_connect_to(parse(admin_url)?).await
+}
+
+async fn admin_connect_to(mut config: tokio_postgres::Config) -> Result<tokio_postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Options::default().connect_timeout);
     }

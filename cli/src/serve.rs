@@ -1,0 +1,155 @@
+//! `weir serve <service>`: one service of the order pipeline in its own process, on the
+//! distributed components — its own PostgreSQL database and NATS JetStream for the bus — with
+//! its own HTTP listener (its routes, `/healthz`, `/readyz`, `/metrics`, `/docs`). Run as many
+//! processes of a service as you like: they share its database and its consumer group, so
+//! the bus spreads the work over them, and one relay and one timer scheduler are active per
+//! database at a time. The service code is the one `weir up` runs; only the kernel differs.
+
+use std::{path::PathBuf, sync::Arc, sync::LazyLock, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum, builder::PossibleValue};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use weir_core::{Db, Kernel, store, store::outbox::Outbox};
+use weir_http::telemetry;
+
+use crate::{
+    data_dir::Keys,
+    runtime::{self, ProcessArgs},
+    services::{self, OrderArgs, OrderService, Shared},
+    up::GatewayArgs,
+};
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Every option can also be set with the environment variable named in brackets.\n\
+Example (one machine, each line a terminal; run more processes of a service on other ports):\n  \
+weir serve payment-gateway --listen 127.0.0.1:4100\n  \
+weir serve payments --listen 127.0.0.1:8084 --payment-gateway-url http://127.0.0.1:4100\n  \
+weir serve orders --listen 127.0.0.1:8083")]
+pub struct ServeArgs {
+    /// The service this process runs.
+    #[arg(value_enum)]
+    pub service: Target,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// The service's PostgreSQL database, created on first start when it does not exist (the
+    /// user needs CREATEDB) [default: postgres://postgres@127.0.0.1:5432/weir_<service>].
+    #[arg(long, env = "WEIR_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The bus: a NATS server with JetStream enabled.
+    #[arg(long, env = "WEIR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Namespace of the bus's streams and subjects: the same for every process of one
+    /// deployment, different for deployments sharing a NATS server.
+    #[arg(long, env = "WEIR_NATS_PREFIX", default_value = "weir")]
+    pub nats_prefix: String,
+    /// Directory of the deployment's keys (events, tokens, personal data), shared by all of its
+    /// processes; generated on first start — copy it to the other machines, mode 0700.
+    #[arg(long, env = "WEIR_KEYS_DIR", default_value = "weir-keys")]
+    pub keys_dir: PathBuf,
+    /// Base URL of the payment gateway payments charges through (a `weir serve payment-gateway`).
+    #[arg(long, env = "WEIR_PAYMENT_GATEWAY_URL")]
+    pub payment_gateway_url: Option<String>,
+    #[command(flatten)]
+    pub orders: OrderArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// What `weir serve` runs: a service of the order pipeline, or the simulated payment gateway.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Service(OrderService),
+    PaymentGateway,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Service(service) => service.name(),
+            Self::PaymentGateway => "payment-gateway",
+        }
+    }
+}
+
+impl ValueEnum for Target {
+    fn value_variants<'a>() -> &'a [Self] {
+        static VARIANTS: LazyLock<Vec<Target>> = LazyLock::new(|| {
+            OrderService::ALL.into_iter().map(Target::Service).chain([Target::PaymentGateway]).collect()
+        });
+        &VARIANTS
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Self::Service(service) => service.to_possible_value(),
+            Self::PaymentGateway => Some(
+                PossibleValue::new("payment-gateway")
+                    .help("The simulated external payment gateway, with its own ledger (listens on --listen)"),
+            ),
+        }
+    }
+}
+
+/// Redelivery of a crashed process's unsettled messages: the embedded bus's lease, so that the
+/// saga's default payment timeout outlasts it in both modes.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let app = args.process.start(&mut tasks, &shutdown)?;
+    let name = args.service.name();
+    let db = connect(name, args.database_url.as_deref()).await?;
+
+    let Target::Service(service) = args.service else {
+        let gateway = crate::up::start_gateway(db, &args.gateway, args.process.listen).await?;
+        info!(url = %gateway.url(), "the simulated payment gateway is up");
+        eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
+        let outcome = runtime::supervise(tasks, &shutdown).await;
+        gateway.stop().await;
+        return outcome;
+    };
+
+    store::install(db.as_ref()).await.with_context(|| format!("cannot prepare the {name} database"))?;
+    let options =
+        weir_bus_nats::Options { ack_wait: ACK_WAIT, ..weir_bus_nats::Options::with_prefix(&args.nats_prefix) };
+    let bus = weir_bus_nats::NatsBus::connect(&args.nats_url, options).await.with_context(|| {
+        format!("cannot use the bus at {}: is nats-server running with JetStream (-js)? pass --nats-url", args.nats_url)
+    })?;
+    let keys = Keys::load_or_generate(&args.keys_dir)?;
+    let kernel = Kernel {
+        db: db.clone(),
+        outbox: Outbox::new(keys.keyring()),
+        publisher: Arc::new(bus.clone()),
+        subscriber: Arc::new(bus.clone()),
+    };
+    let shared =
+        Shared { tokens: keys.tokens(), sealer: keys.sealer(), payment_gateway: args.payment_gateway_url.clone() };
+    let built = services::build(service, kernel, &args.orders, &shared, shutdown.clone()).await?;
+    tasks.spawn(built.run);
+    let app = runtime::ready_when_answering(app.routes(built.routes), name, db)
+        .build(shared.tokens, Some(telemetry::install_metrics()));
+    let listener = args.process.bind().await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    info!(%url, service = name, "serving");
+    eprintln!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n  Press Ctrl-C to stop.\n");
+    let http_stop = shutdown.clone();
+    tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
+
+    let outcome = runtime::supervise(tasks, &shutdown).await;
+    bus.close().await;
+    outcome
+}
+
+/// The service's database, created on first start. The URL may hold a password: it is never
+/// logged nor put in an error.
+async fn connect(name: &str, url: Option<&str>) -> anyhow::Result<Db> {
+    let default = format!("postgres://postgres@127.0.0.1:5432/weir_{}", name.replace('-', "_"));
+    let db = weir_store_postgres::connect_or_create(url.unwrap_or(&default), Default::default())
+        .await
+        .with_context(|| format!("cannot open the {name} database: is PostgreSQL running? check --database-url"))?;
+    Ok(Arc::new(db))
+}

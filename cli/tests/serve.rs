@@ -1,0 +1,261 @@
+//! `weir serve`: the order pipeline as separate processes on the distributed components — one
+//! PostgreSQL database per service on the local server and NATS JetStream for the bus — with two
+//! processes of orders sharing its work. Black-box: each process is the real binary, reached
+//! only over HTTP. PostgreSQL and NATS must run (`.ci/run` starts them); a missing one fails.
+
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Client, PATIENCE, free_port};
+use serde_json::Value;
+use uuid::Uuid;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// One deployment: a database per service (dropped at the end), a bus prefix of its own and a
+/// shared key directory.
+struct Deployment {
+    prefix: String,
+    /// Each service's database.
+    databases: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+/// A running `weir serve <service>`.
+struct Served {
+    child: Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Deployment {
+    fn new() -> Self {
+        Self {
+            prefix: format!("serve_{}", Uuid::now_v7().simple()),
+            databases: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts `weir serve <service>` on a free port and waits until it answers. Processes of
+    /// one service share its database.
+    async fn serve(&mut self, service: &str, extra: &[&str]) -> Served {
+        let database = match self.databases.iter().find(|(s, _)| s == service) {
+            Some((_, database)) => database.clone(),
+            None => {
+                // The test-database prefix, so that a run that dies before dropping them has
+                // them swept by a later one.
+                let database = format!("{}{}", weir_store_postgres::TEST_DATABASE_PREFIX, Uuid::now_v7().simple());
+                self.databases.push((service.to_owned(), database.clone()));
+                database
+            }
+        };
+        let port = free_port();
+        let log = self.dir.path().join(format!("{service}-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", service, "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .args(["--nats-prefix", &self.prefix])
+            .arg("--keys-dir")
+            .arg(self.dir.path().join("keys"))
+            .args(extra)
+            .env("WEIR_DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the weir binary starts");
+        let mut served = Served { child, url: format!("http://127.0.0.1:{port}"), log };
+        let ready = if service == "payment-gateway" { "/v1/ledger" } else { "/readyz" };
+        served.wait_for(ready).await;
+        served
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let databases = std::mem::take(&mut self.databases);
+        let prefix = self.prefix.clone();
+        // Best effort, on a runtime of its own: the test's may be gone when a test panics.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                for (_, name) in databases {
+                    let _ = weir_store_postgres::drop_database(ADMIN_URL, &name).await;
+                }
+                if let Ok(bus) =
+                    weir_bus_nats::NatsBus::connect(NATS_URL, weir_bus_nats::Options::with_prefix(prefix)).await
+                {
+                    for topic in TOPICS {
+                        let _ = bus.delete_topic(topic).await;
+                        let _ = bus.delete_topic(&format!("{topic}.dlq")).await;
+                    }
+                }
+            })
+        })
+        .join();
+    }
+}
+
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Every topic the order pipeline's services publish or subscribe to.
+const TOPICS: [&str; 11] = [
+    "users",
+    "inventory",
+    "inventory.commands",
+    "orders",
+    "orders.commands",
+    "payments",
+    "payments.commands",
+    "saga.timeouts",
+    "doc.uploaded",
+    "doc.processed",
+    "doc.classified",
+];
+
+impl Served {
+    async fn wait_for(&mut self, path: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) before it was ready; log:\n{}", self.url, self.log_tail());
+            }
+            if let Ok(r) = reqwest::get(format!("{}{path}", self.url)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not become ready; log:\n{}", self.url, self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client { http: reqwest::Client::new(), url: self.url.clone() }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// What this process's routers handled: `weir_handler_total` summed over its labels.
+    async fn handled(&self) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url)).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("weir_handler_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() {
+    let mut deployment = Deployment::new();
+    let gateway = deployment.serve("payment-gateway", &[]).await;
+    let users = deployment.serve("users", &[]).await;
+    let inventory = deployment.serve("inventory", &[]).await;
+    let mut orders_a = deployment.serve("orders", &[]).await;
+    let orders_b = deployment.serve("orders", &[]).await;
+    let _payments = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
+    let _saga = deployment.serve("saga", &[]).await;
+    let notifications = deployment.serve("notifications", &[]).await;
+
+    // A user registers with one process and orders through another, with the same token.
+    let user = users.client().register("ada@example.com").await;
+    let stock = inventory.client();
+    let plentiful = stock.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
+    let product_id = plentiful["product_id"].as_str().unwrap();
+    let before = stock.product(product_id).await;
+    let (a, b) = (orders_a.client(), orders_b.client());
+    let first = first_order(&a, &user, product_id).await;
+    let view = b.wait_for_outcome(&user.token, &first).await;
+    assert_eq!(view["status"], "COMPLETED", "{view}");
+    let notified = notifications.client().wait_for_notifications(&user.token, 1).await;
+    assert_eq!(notified.len(), 1, "{notified:?}");
+
+    // Orders placed on both processes at once all complete, and either process lists them all.
+    let placed: Vec<String> = futures::future::join_all((0..20).map(|i| {
+        let (client, user) = (if i % 2 == 0 { &a } else { &b }, &user);
+        async move { client.place_order(user, product_id, 1).await }
+    }))
+    .await;
+    for id in &placed {
+        assert_eq!(a.wait_for_outcome(&user.token, id).await["status"], "COMPLETED");
+    }
+    let listed: Value = a
+        .http
+        .get(format!("{}/v1/orders?limit=100", a.url))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 21, "{listed}");
+    assert!(
+        orders_a.handled().await > 0.0 && orders_b.handled().await > 0.0,
+        "the bus shares orders' work between its two processes"
+    );
+
+    // One orders process dies; the other carries on with what comes next.
+    orders_a.kill();
+    let after = b.place_order(&user, product_id, 1).await;
+    assert_eq!(b.wait_for_outcome(&user.token, &after).await["status"], "COMPLETED");
+
+    // Money and stock agree: one charge per order, the stock moved by what was sold.
+    let ledger: Value = reqwest::get(format!("{}/v1/ledger", gateway.url)).await.unwrap().json().await.unwrap();
+    assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(22), Some(0)), "{ledger}");
+    let sold = before["stock"]["sold"].as_i64().unwrap() + 23;
+    let after = wait_for_sold(&stock, product_id, sold).await;
+    assert_eq!(after["stock"]["sold"].as_i64(), Some(sold), "{after}");
+    assert_eq!(after["stock"]["reserved"].as_i64(), Some(0), "{after}");
+    let notified = notifications.client().wait_for_notifications(&user.token, 22).await;
+    assert_eq!(notified.len(), 22, "one notification per order");
+}
+
+/// Places the first order, once orders has learnt the catalog from inventory's events (a
+/// process that just started may not have read them yet).
+async fn first_order(orders: &Client, user: &common::User, product_id: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    let body = serde_json::json!({ "items": [{ "product_id": product_id, "quantity": 2 }] });
+    loop {
+        let response = orders.place_order_raw(&user.token, body.clone()).await;
+        if response.status() == 202 {
+            return response.json::<Value>().await.unwrap()["order_id"].as_str().unwrap().to_owned();
+        }
+        let problem = response.text().await.unwrap();
+        assert!(Instant::now() < deadline, "orders never accepted the product: {problem}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the product until `sold` units are sold (selling follows completion).
+async fn wait_for_sold(inventory: &Client, product_id: &str, sold: i64) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let product = inventory.product(product_id).await;
+        if product["stock"]["sold"].as_i64() == Some(sold) || Instant::now() > deadline {
+            return product;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
