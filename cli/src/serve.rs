@@ -18,8 +18,7 @@ use weir_http::telemetry;
 use crate::{
     data_dir::Keys,
     runtime::{self, ProcessArgs},
-    services::{self, OrderArgs, OrderService, Shared},
-    up::GatewayArgs,
+    services::{self, GatewayArgs, OrderArgs, OrderService, Shared},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -105,7 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let db = connect(name, args.database_url.as_deref()).await?;
 
     let Target::Service(service) = args.service else {
-        let gateway = crate::up::start_gateway(db, &args.gateway, args.process.listen).await?;
+        let gateway = services::start_gateway(db, &args.gateway, args.process.listen).await?;
         info!(url = %gateway.url(), "the simulated payment gateway is up");
         eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
         let outcome = runtime::supervise(tasks, &shutdown).await;

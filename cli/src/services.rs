@@ -1,8 +1,9 @@
-//! The order pipeline's services and what each is built with, in one place: `weir up` builds
-//! all of them in one process on the embedded default, `weir serve <service>` one of them on
-//! PostgreSQL and NATS JetStream. The service code is the same; only the kernel differs.
+//! The order pipeline's services (and the simulated payment gateway they charge through) and
+//! what each is built with, in one place: `weir up` builds all of them in one process on the
+//! embedded default, `weir serve <service>` one of them on PostgreSQL and NATS JetStream. The
+//! service code is the same; only the kernel differs.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
@@ -137,6 +138,47 @@ pub async fn build(
             ))
         }
     })
+}
+
+/// The simulated payment gateway's failure rates and latency.
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Share of charges the simulated payment gateway declines (0.0–1.0).
+    #[arg(long, env = "WEIR_PAYMENT_DECLINE_RATE", default_value_t = 0.0, value_parser = rate)]
+    pub payment_decline_rate: f64,
+    /// Share of calls the simulated payment gateway fails with 503 (0.0–1.0).
+    #[arg(long, env = "WEIR_PAYMENT_FAILURE_RATE", default_value_t = 0.0, value_parser = rate)]
+    pub payment_failure_rate: f64,
+    /// Latency of the simulated payment gateway, in milliseconds.
+    #[arg(long, env = "WEIR_PAYMENT_LATENCY_MS", default_value_t = 2)]
+    pub payment_latency_ms: u64,
+}
+
+/// Starts the simulated payment gateway on `listen`, its ledger in `db`.
+pub async fn start_gateway(
+    db: weir_core::Db,
+    args: &GatewayArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<weir_payments::simulator::Simulator> {
+    let latency = Duration::from_millis(args.payment_latency_ms);
+    weir_payments::simulator::start_simulator(
+        db,
+        weir_payments::simulator::SimulatorConfig {
+            latency: latency..=latency,
+            decline_rate: args.payment_decline_rate,
+            failure_rate: args.payment_failure_rate,
+        },
+        listen,
+    )
+    .await
+    .with_context(|| format!("cannot start the simulated payment gateway on {listen}"))
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a rate: give a number from 0.0 to 1.0")),
+    }
 }
 
 fn smtp_config(address: &str, from: &str) -> anyhow::Result<weir_notifications::SmtpConfig> {

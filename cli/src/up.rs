@@ -19,7 +19,7 @@ use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
 use crate::{
     data_dir::DataDir,
     runtime::{self, ProcessArgs, named},
-    services::{self, OrderArgs, OrderService, Shared},
+    services::{self, GatewayArgs, OrderArgs, OrderService, Shared, start_gateway},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -57,13 +57,6 @@ pub struct UpArgs {
     pub fault_duplicate_deliveries: bool,
     #[command(flatten)]
     pub orders: OrderArgs,
-}
-
-fn rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a rate: give a number from 0.0 to 1.0")),
-    }
 }
 
 /// The bus's file in the data directory.
@@ -176,40 +169,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     outcome?;
     info!("stopped cleanly");
     Ok(())
-}
-
-/// The simulated payment gateway's failure rates and latency.
-#[derive(Args, Debug, Clone)]
-pub struct GatewayArgs {
-    /// Share of charges the simulated payment gateway declines (0.0–1.0).
-    #[arg(long, env = "WEIR_PAYMENT_DECLINE_RATE", default_value_t = 0.0, value_parser = rate)]
-    pub payment_decline_rate: f64,
-    /// Share of calls the simulated payment gateway fails with 503 (0.0–1.0).
-    #[arg(long, env = "WEIR_PAYMENT_FAILURE_RATE", default_value_t = 0.0, value_parser = rate)]
-    pub payment_failure_rate: f64,
-    /// Latency of the simulated payment gateway, in milliseconds.
-    #[arg(long, env = "WEIR_PAYMENT_LATENCY_MS", default_value_t = 2)]
-    pub payment_latency_ms: u64,
-}
-
-/// Starts the simulated payment gateway on `listen`, its ledger in `db`.
-pub async fn start_gateway(
-    db: weir_core::Db,
-    args: &GatewayArgs,
-    listen: SocketAddr,
-) -> anyhow::Result<weir_payments::simulator::Simulator> {
-    let latency = Duration::from_millis(args.payment_latency_ms);
-    weir_payments::simulator::start_simulator(
-        db,
-        weir_payments::simulator::SimulatorConfig {
-            latency: latency..=latency,
-            decline_rate: args.payment_decline_rate,
-            failure_rate: args.payment_failure_rate,
-        },
-        listen,
-    )
-    .await
-    .with_context(|| format!("cannot start the simulated payment gateway on {listen}"))
 }
 
 /// How often the bus deletes what it no longer needs to keep (the first time soon after start).

@@ -1,6 +1,6 @@
 //! `weir serve`: the order pipeline as separate processes on the distributed components — one
 //! PostgreSQL database per service on the local server and NATS JetStream for the bus — with two
-//! processes of orders sharing its work. Black-box: each process is the real binary, reached
+//! processes of orders and of payments sharing their work, one of each killed midway. Black-box: each process is the real binary, reached
 //! only over HTTP. PostgreSQL and NATS must run (`.ci/run` starts them); a missing one fails.
 
 mod common;
@@ -169,12 +169,14 @@ impl Drop for Served {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() {
     let mut deployment = Deployment::new();
-    let gateway = deployment.serve("payment-gateway", &[]).await;
+    // A slow gateway, so that charges are in flight when a payments process is killed.
+    let gateway = deployment.serve("payment-gateway", &["--payment-latency-ms", "300"]).await;
     let users = deployment.serve("users", &[]).await;
     let inventory = deployment.serve("inventory", &[]).await;
     let mut orders_a = deployment.serve("orders", &[]).await;
     let orders_b = deployment.serve("orders", &[]).await;
-    let _payments = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
+    let mut payments_a = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
+    let _payments_b = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
     let _saga = deployment.serve("saga", &[]).await;
     let notifications = deployment.serve("notifications", &[]).await;
 
@@ -191,12 +193,16 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     let notified = notifications.client().wait_for_notifications(&user.token, 1).await;
     assert_eq!(notified.len(), 1, "{notified:?}");
 
-    // Orders placed on both processes at once all complete, and either process lists them all.
+    // Orders placed on both orders processes at once all complete, and either process lists
+    // them all — though one payments process is killed (SIGKILL) while they are being charged:
+    // its unsettled deliveries come back to the other after the bus's ack wait, and charges are
+    // idempotent by key at the gateway, so none is lost and none is made twice.
     let placed: Vec<String> = futures::future::join_all((0..20).map(|i| {
         let (client, user) = (if i % 2 == 0 { &a } else { &b }, &user);
         async move { client.place_order(user, product_id, 1).await }
     }))
     .await;
+    payments_a.kill();
     for id in &placed {
         assert_eq!(a.wait_for_outcome(&user.token, id).await["status"], "COMPLETED");
     }
