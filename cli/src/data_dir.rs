@@ -90,21 +90,6 @@ impl DataDir {
         &self.root
     }
 
-    /// The directory `name` inside, created if needed.
-    pub fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.path(name);
-        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(path)
-    }
-
-    /// The blob store: a local directory (`blobs/`), created if needed.
-    pub fn blobs(&self) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
-        let root = self.dir("blobs")?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
-            .with_context(|| format!("cannot use {} for blobs", root.display()))?;
-        Ok(std::sync::Arc::new(store))
-    }
-
     /// Loads the keys (`keys/`), generating any that are missing.
     pub fn keys(&self) -> anyhow::Result<Keys> {
         Keys::load_or_generate(&self.root.join("keys"))

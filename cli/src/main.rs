@@ -32,8 +32,8 @@ enum Command {
     /// Run every service in one process on the embedded default (SQLite under a data
     /// directory, keys generated on first run) and serve the HTTP API.
     Up(up::UpArgs),
-    /// Run one service of the order pipeline in its own process, on PostgreSQL and NATS
-    /// JetStream; run several processes of a service to share its work.
+    /// Run one service in its own process, on PostgreSQL and NATS JetStream; run several
+    /// processes of a service to share its work.
     Serve(serve::ServeArgs),
     /// Measure the platform on this machine and print a table.
     Bench {

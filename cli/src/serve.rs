@@ -1,6 +1,6 @@
-//! `weir serve <service>`: one service of the order pipeline in its own process, on the
-//! distributed components — its own PostgreSQL database and NATS JetStream for the bus — with
-//! its own HTTP listener (its routes, `/healthz`, `/readyz`, `/metrics`, `/docs`). Run as many
+//! `weir serve <service>`: one service in its own process, on the distributed components — its
+//! own PostgreSQL database and NATS JetStream for the bus — with its own HTTP listener (its
+//! routes, `/healthz`, `/readyz`, `/metrics`, `/docs`; classification also serves gRPC). Run as many
 //! processes of a service as you like: they share its database and its consumer group, so
 //! the bus spreads the work over them, and one relay and one timer scheduler are active per
 //! database at a time. The service code is the one `weir up` runs; only the kernel differs.
@@ -18,7 +18,7 @@ use weir_http::telemetry;
 use crate::{
     data_dir::Keys,
     runtime::{self, ProcessArgs},
-    services::{self, GatewayArgs, OrderArgs, OrderService, Shared},
+    services::{self, GatewayArgs, Service, ServiceArgs, Shared},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -44,23 +44,26 @@ pub struct ServeArgs {
     /// deployment, different for deployments sharing a NATS server.
     #[arg(long, env = "WEIR_NATS_PREFIX", default_value = "weir")]
     pub nats_prefix: String,
-    /// Directory of the deployment's keys (events, tokens, personal data), shared by all of its
-    /// processes; generated on first start — copy it to the other machines, mode 0700.
-    #[arg(long, env = "WEIR_KEYS_DIR", default_value = "weir-keys")]
-    pub keys_dir: PathBuf,
+    /// Directory of the deployment's files, shared by its processes on this machine: `keys/`
+    /// (events, tokens, personal data; generated on first start — copy them to other machines,
+    /// mode 0700), `blobs/` (documents and processing must share it: on several machines, a
+    /// shared filesystem), `classifier/model.json` (trained on first start) and each documents
+    /// process's upload spool.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "weir-state")]
+    pub state_dir: PathBuf,
     /// Base URL of the payment gateway payments charges through (a `weir serve payment-gateway`).
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_URL")]
     pub payment_gateway_url: Option<String>,
     #[command(flatten)]
-    pub orders: OrderArgs,
+    pub services: ServiceArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
 
-/// What `weir serve` runs: a service of the order pipeline, or the simulated payment gateway.
+/// What `weir serve` runs: a service, or the simulated payment gateway.
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
-    Service(OrderService),
+    Service(Service),
     PaymentGateway,
 }
 
@@ -75,9 +78,8 @@ impl Target {
 
 impl ValueEnum for Target {
     fn value_variants<'a>() -> &'a [Self] {
-        static VARIANTS: LazyLock<Vec<Target>> = LazyLock::new(|| {
-            OrderService::ALL.into_iter().map(Target::Service).chain([Target::PaymentGateway]).collect()
-        });
+        static VARIANTS: LazyLock<Vec<Target>> =
+            LazyLock::new(|| Service::ALL.into_iter().map(Target::Service).chain([Target::PaymentGateway]).collect());
         &VARIANTS
     }
 
@@ -118,23 +120,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let bus = weir_bus_nats::NatsBus::connect(&args.nats_url, options).await.with_context(|| {
         format!("cannot use the bus at {}: is nats-server running with JetStream (-js)? pass --nats-url", args.nats_url)
     })?;
-    let keys = Keys::load_or_generate(&args.keys_dir)?;
+    let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
     let kernel = Kernel {
         db: db.clone(),
         outbox: Outbox::new(keys.keyring()),
         publisher: Arc::new(bus.clone()),
         subscriber: Arc::new(bus.clone()),
     };
-    let shared =
-        Shared { tokens: keys.tokens(), sealer: keys.sealer(), payment_gateway: args.payment_gateway_url.clone() };
-    let built = services::build(service, kernel, &args.orders, &shared, shutdown.clone()).await?;
-    tasks.spawn(built.run);
+    let state = &args.state_dir;
+    let shared = Shared {
+        keys,
+        payment_gateway: args.payment_gateway_url.clone(),
+        blobs: state.join("blobs"),
+        classifier_model: state.join("classifier/model.json"),
+        // This process's own: a documents process clears its spool when it starts.
+        spool: state.join("spool").join(args.process.listen.to_string().replace([':', '[', ']'], "_")),
+        work: std::env::temp_dir(),
+    };
+    let built = services::build(service, kernel, &args.services, &shared, shutdown.clone()).await?;
+    for task in built.tasks {
+        tasks.spawn(task);
+    }
     let app = runtime::ready_when_answering(app.routes(built.routes), name, db)
-        .build(shared.tokens, Some(telemetry::install_metrics()));
+        .build(shared.keys.tokens(), Some(telemetry::install_metrics()));
     let listener = args.process.bind().await?;
     let url = format!("http://{}", listener.local_addr()?);
     info!(%url, service = name, "serving");
-    eprintln!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n  Press Ctrl-C to stop.\n");
+    let grpc = built.grpc.map(|addr| format!("  gRPC:     http://{addr}\n")).unwrap_or_default();
+    eprintln!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n{grpc}  Press Ctrl-C to stop.\n");
     let http_stop = shutdown.clone();
     tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
 

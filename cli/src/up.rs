@@ -12,14 +12,14 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use weir_core::{Kernel, RouterOptions, store, store::outbox::Outbox};
+use weir_core::{Kernel, store, store::outbox::Outbox};
 use weir_http::telemetry;
 use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
 
 use crate::{
     data_dir::DataDir,
-    runtime::{self, ProcessArgs, named},
-    services::{self, GatewayArgs, OrderArgs, OrderService, Shared, start_gateway},
+    runtime::{self, ProcessArgs},
+    services::{self, GatewayArgs, Service, ServiceArgs, Shared, start_gateway},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -36,16 +36,6 @@ pub struct UpArgs {
     /// Address of the simulated payment gateway (its ledger is at /v1/ledger); port 0 picks one.
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_LISTEN", default_value = "127.0.0.1:0")]
     pub payment_gateway_listen: SocketAddr,
-    /// ClamAV daemon (host:port, TCP) that scans every upload besides the built-in EICAR check;
-    /// without it only the built-in check runs.
-    #[arg(long, env = "WEIR_CLAMD")]
-    pub clamd: Option<SocketAddr>,
-    /// Address of the classification service's gRPC API (health and reflection included).
-    #[arg(long, env = "WEIR_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: SocketAddr,
-    /// OCR worker processes at once (default: one per core).
-    #[arg(long, env = "WEIR_OCR_WORKERS")]
-    pub ocr_workers: Option<usize>,
     /// How long the bus keeps a message after it was published, in hours, once every consumer
     /// group of its topic has handled it (dead letters stay until redriven or discarded). The
     /// history `weir events tail --from-start` shows; 0 keeps only what is still unhandled.
@@ -56,7 +46,7 @@ pub struct UpArgs {
     #[arg(long, env = "WEIR_FAULT_DUPLICATE_DELIVERIES", hide = true)]
     pub fault_duplicate_deliveries: bool,
     #[command(flatten)]
-    pub orders: OrderArgs,
+    pub services: ServiceArgs,
 }
 
 /// The bus's file in the data directory.
@@ -68,7 +58,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut app = args.process.start(&mut tasks, &shutdown)?;
     let data = DataDir::open(&args.data_dir)?;
     let keys = data.keys()?;
-    let (keyring, tokens, sealer) = (keys.keyring(), keys.tokens(), keys.sealer());
+    let keyring = keys.keyring();
 
     let bus = SqliteLog::open(data.path(BUS_FILE), LogOptions::default())
         .with_context(|| format!("cannot open the bus at {}", data.path(BUS_FILE).display()))?;
@@ -98,54 +88,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let gateway = start_gateway(gateway_db, &args.gateway, args.payment_gateway_listen).await?;
     let gateway_url = gateway.url();
 
-    // The order pipeline.
-    let shared = Shared { tokens: tokens.clone(), sealer: sealer.clone(), payment_gateway: Some(gateway_url.clone()) };
-    for service in OrderService::ALL {
+    // Every service. Blobs in a local directory, OCR in worker processes.
+    let shared = Shared {
+        keys,
+        payment_gateway: Some(gateway_url.clone()),
+        blobs: data.path("blobs"),
+        classifier_model: data.path("classifier/model.json"),
+        spool: data.path("spool"),
+        work: data.path("work"),
+    };
+    let mut grpc = None;
+    for service in Service::ALL {
         let built =
-            services::build(service, kernel(service.name()).await?, &args.orders, &shared, shutdown.clone()).await?;
+            services::build(service, kernel(service.name()).await?, &args.services, &shared, shutdown.clone()).await?;
         app = app.routes(built.routes);
-        tasks.spawn(built.run);
+        grpc = grpc.or(built.grpc);
+        for task in built.tasks {
+            tasks.spawn(task);
+        }
     }
+    let grpc_url = grpc.map_or_else(String::new, |addr| format!("http://{addr}"));
 
-    // The Document Intelligence Platform: blobs in a local directory, OCR in worker processes.
-    let blobs = data.blobs()?;
-    let documents = weir_documents::Service::build(
-        kernel("documents").await?,
-        blobs.clone(),
-        weir_documents::Config { clamd: args.clamd, ..weir_documents::Config::new(data.dir("spool")?) },
-    )
-    .await?;
-    let worker = weir_processing::WorkerCommand::new(
-        std::env::current_exe().context("cannot find the weir binary to start OCR workers")?,
-        ["internal", "process-document"],
-    );
-    let mut processing_config =
-        weir_processing::Config { work_dir: data.dir("work")?, ..weir_processing::Config::new(worker) };
-    if let Some(workers) = args.ocr_workers {
-        processing_config.workers = workers.max(1);
-    }
-    let processing = weir_processing::Service::build(kernel("processing").await?, blobs, processing_config).await?;
-    let model_path = data.path("classifier/model.json");
-    crate::classifier::ensure_model(&model_path)?;
-    let classification = weir_classification::Service::build(
-        kernel("classification").await?,
-        weir_classification::Config {
-            model_path,
-            service_token: keys.grpc_token.clone(),
-            router: RouterOptions::default(),
-        },
-    )
-    .await?;
-    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen).await.with_context(|| {
-        format!("cannot listen on {} for gRPC: choose another address with --grpc-listen", args.grpc_listen)
-    })?;
-    let grpc_url = format!("http://{}", grpc_listener.local_addr()?);
-
-    app = app.routes(documents.routes());
     for (name, db) in databases {
         app = runtime::ready_when_answering(app, &name, db);
     }
-    let app = app.build(tokens, Some(telemetry::install_metrics()));
+    let app = app.build(shared.keys.tokens(), Some(telemetry::install_metrics()));
 
     let listener = args.process.bind().await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -156,10 +123,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     tasks.spawn(prune_bus(bus.clone(), Duration::from_secs(args.bus_retention_hours * 3600), shutdown.clone()));
-    tasks.spawn(named("documents", documents.run(shutdown.clone())));
-    tasks.spawn(named("processing", processing.run(shutdown.clone())));
-    tasks.spawn(named("classification gRPC", classification.serve_grpc(grpc_listener, shutdown.clone())));
-    tasks.spawn(named("classification", classification.run(shutdown.clone())));
     let http_stop = shutdown.clone();
     tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
 

@@ -59,8 +59,8 @@ impl Deployment {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", service, "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
             .args(["--nats-prefix", &self.prefix])
-            .arg("--keys-dir")
-            .arg(self.dir.path().join("keys"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
             .args(extra)
             .env("WEIR_DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{database}"))
             .env("WEIR_LOG", "info")
@@ -264,4 +264,33 @@ async fn wait_for_sold(inventory: &Client, product_id: &str, sold: i64) -> Value
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_platform_runs_as_separate_processes_on_postgresql_and_nats() {
+    use weir_samples::{DocClass, generate, render};
+    let mut deployment = Deployment::new();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let users = deployment.serve("users", &[]).await;
+    let documents = deployment.serve("documents", &[]).await;
+    let _processing = deployment.serve("processing", &["--ocr-workers", "1"]).await;
+    let _classification = deployment.serve("classification", &["--grpc-listen", &grpc]).await;
+    let notifications = deployment.serve("notifications", &[]).await;
+
+    let user = users.client().register("ada@example.com").await;
+    let client = documents.client();
+    let invoice = client
+        .upload(&user, "march-invoice.pdf", render::text_pdf(&[&generate(DocClass::Invoice, 11)], None, None))
+        .await;
+    let receipt = client.upload(&user, "receipt.png", render::png(&generate(DocClass::Receipt, 14))).await;
+    for (id, label) in [(&invoice, "invoice"), (&receipt, "receipt")] {
+        let view = client.wait_for_document(&user.token, id).await;
+        assert_eq!((view["status"].as_str(), view["label"].as_str()), (Some("CLASSIFIED"), Some(label)), "{view}");
+    }
+    let thumbnail = client.document(&user.token, &receipt, "/thumbnail").await;
+    assert_eq!(thumbnail.status(), 200, "processing wrote the thumbnail to the blobs documents reads");
+    let notified = notifications.client().wait_for_notifications(&user.token, 2).await;
+    assert_eq!(notified.len(), 2, "{notified:?}");
+    let grpc_health = tokio::net::TcpStream::connect(&grpc).await;
+    assert!(grpc_health.is_ok(), "classification serves gRPC on {grpc}");
 }
