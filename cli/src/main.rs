@@ -9,6 +9,7 @@ mod classify;
 mod data_dir;
 mod dlq;
 mod events;
+mod gateway;
 mod replay;
 mod runtime;
 mod samples;

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// process's upload spool.
     #[arg(long, env = "WEIR_STATE_DIR", default_value = "weir-state")]
     pub state_dir: PathBuf,
+    /// The gateway's upstreams: the base URL of every process behind it, e.g.
+    /// `--upstream http://127.0.0.1:8081 --upstream http://127.0.0.1:8083` (or comma-separated).
+    #[arg(long = "upstream", env = "WEIR_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
     /// Base URL of the payment gateway payments charges through (a `weir serve payment-gateway`).
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_URL")]
     pub payment_gateway_url: Option<String>,
@@ -60,10 +64,11 @@ pub struct ServeArgs {
     pub gateway: GatewayArgs,
 }
 
-/// What `weir serve` runs: a service, or the simulated payment gateway.
+/// What `weir serve` runs: a service, the HTTP gateway, or the simulated payment gateway.
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     Service(Service),
+    Gateway,
     PaymentGateway,
 }
 
@@ -71,6 +76,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Self::Service(service) => service.name(),
+            Self::Gateway => "gateway",
             Self::PaymentGateway => "payment-gateway",
         }
     }
@@ -78,14 +84,18 @@ impl Target {
 
 impl ValueEnum for Target {
     fn value_variants<'a>() -> &'a [Self] {
-        static VARIANTS: LazyLock<Vec<Target>> =
-            LazyLock::new(|| Service::ALL.into_iter().map(Target::Service).chain([Target::PaymentGateway]).collect());
+        static VARIANTS: LazyLock<Vec<Target>> = LazyLock::new(|| {
+            Service::ALL.into_iter().map(Target::Service).chain([Target::Gateway, Target::PaymentGateway]).collect()
+        });
         &VARIANTS
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
         match self {
             Self::Service(service) => service.to_possible_value(),
+            Self::Gateway => Some(PossibleValue::new("gateway").help(
+                "One HTTP address in front of the services' processes (--upstream, once per process): routes learnt from their OpenAPI documents",
+            )),
             Self::PaymentGateway => Some(
                 PossibleValue::new("payment-gateway")
                     .help("The simulated external payment gateway, with its own ledger (listens on --listen)"),
@@ -100,9 +110,16 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let app = args.process.start(&mut tasks, &shutdown)?;
     let name = args.service.name();
+    if let Target::Gateway = args.service {
+        let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
+        let app = crate::gateway::routes(app, &args.upstreams)
+            .await?
+            .build(keys.tokens(), Some(telemetry::install_metrics()));
+        return serve_http(&args.process, app, name, None, tasks, &shutdown).await;
+    }
     let db = connect(name, args.database_url.as_deref()).await?;
 
     let Target::Service(service) = args.service else {
@@ -143,17 +160,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let app = runtime::ready_when_answering(app.routes(built.routes), name, db)
         .build(shared.keys.tokens(), Some(telemetry::install_metrics()));
-    let listener = args.process.bind().await?;
+    let outcome = serve_http(&args.process, app, name, built.grpc, tasks, &shutdown).await;
+    bus.close().await;
+    outcome
+}
+
+/// Serves `app` on the process's listener beside `tasks`, until Ctrl-C or a failure.
+async fn serve_http(
+    process: &ProcessArgs,
+    app: axum::Router,
+    name: &str,
+    grpc: Option<std::net::SocketAddr>,
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = process.bind().await?;
     let url = format!("http://{}", listener.local_addr()?);
     info!(%url, service = name, "serving");
-    let grpc = built.grpc.map(|addr| format!("  gRPC:     http://{addr}\n")).unwrap_or_default();
+    let grpc = grpc.map(|addr| format!("  gRPC:     http://{addr}\n")).unwrap_or_default();
     eprintln!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n{grpc}  Press Ctrl-C to stop.\n");
     let http_stop = shutdown.clone();
     tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
-
-    let outcome = runtime::supervise(tasks, &shutdown).await;
-    bus.close().await;
-    outcome
+    runtime::supervise(tasks, shutdown).await
 }
 
 /// The service's database, created on first start. The URL may hold a password: it is never

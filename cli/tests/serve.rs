@@ -179,18 +179,24 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     let _payments_b = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
     let _saga = deployment.serve("saga", &[]).await;
     let notifications = deployment.serve("notifications", &[]).await;
+    let upstreams: Vec<&str> =
+        [&users, &inventory, &orders_a, &orders_b, &notifications].iter().map(|p| p.url.as_str()).collect();
+    let gateway_args: Vec<&str> = upstreams.iter().flat_map(|url| ["--upstream", url]).collect();
+    let front = deployment.serve("gateway", &gateway_args).await;
+    let api = front.client();
 
-    // A user registers with one process and orders through another, with the same token.
-    let user = users.client().register("ada@example.com").await;
-    let stock = inventory.client();
+    // A user registers and orders through the gateway, which learnt every route from the
+    // services' OpenAPI documents; the token users issued is good with every service.
+    let user = api.register("ada@example.com").await;
+    let stock = api.clone();
     let plentiful = stock.products().await.into_iter().max_by_key(|p| p["available"].as_i64().unwrap()).unwrap();
     let product_id = plentiful["product_id"].as_str().unwrap();
     let before = stock.product(product_id).await;
     let (a, b) = (orders_a.client(), orders_b.client());
-    let first = first_order(&a, &user, product_id).await;
-    let view = b.wait_for_outcome(&user.token, &first).await;
+    let first = first_order(&api, &user, product_id).await;
+    let view = api.wait_for_outcome(&user.token, &first).await;
     assert_eq!(view["status"], "COMPLETED", "{view}");
-    let notified = notifications.client().wait_for_notifications(&user.token, 1).await;
+    let notified = api.wait_for_notifications(&user.token, 1).await;
     assert_eq!(notified.len(), 1, "{notified:?}");
 
     // Orders placed on both orders processes at once all complete, and either process lists
@@ -222,20 +228,25 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
         "the bus shares orders' work between its two processes"
     );
 
-    // One orders process dies; the other carries on with what comes next.
+    // One orders process dies; the other carries on with what comes next, and the gateway
+    // passes over the dead one (two orders: one of them is its turn).
     orders_a.kill();
-    let after = b.place_order(&user, product_id, 1).await;
-    assert_eq!(b.wait_for_outcome(&user.token, &after).await["status"], "COMPLETED");
+    for _ in 0..2 {
+        let after = api.place_order(&user, product_id, 1).await;
+        assert_eq!(api.wait_for_outcome(&user.token, &after).await["status"], "COMPLETED");
+    }
+    let unknown = api.http.get(format!("{}/v1/nothing-here", api.url)).send().await.unwrap();
+    common::assert_problem(unknown, 404).await;
 
     // Money and stock agree: one charge per order, the stock moved by what was sold.
     let ledger: Value = reqwest::get(format!("{}/v1/ledger", gateway.url)).await.unwrap().json().await.unwrap();
-    assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(22), Some(0)), "{ledger}");
-    let sold = before["stock"]["sold"].as_i64().unwrap() + 23;
+    assert_eq!((ledger["charges"].as_i64(), ledger["refunds"].as_i64()), (Some(23), Some(0)), "{ledger}");
+    let sold = before["stock"]["sold"].as_i64().unwrap() + 24;
     let after = wait_for_sold(&stock, product_id, sold).await;
     assert_eq!(after["stock"]["sold"].as_i64(), Some(sold), "{after}");
     assert_eq!(after["stock"]["reserved"].as_i64(), Some(0), "{after}");
-    let notified = notifications.client().wait_for_notifications(&user.token, 22).await;
-    assert_eq!(notified.len(), 22, "one notification per order");
+    let notified = notifications.client().wait_for_notifications(&user.token, 23).await;
+    assert_eq!(notified.len(), 23, "one notification per order");
 }
 
 /// Places the first order, once orders has learnt the catalog from inventory's events (a
@@ -276,9 +287,13 @@ async fn the_document_platform_runs_as_separate_processes_on_postgresql_and_nats
     let _processing = deployment.serve("processing", &["--ocr-workers", "1"]).await;
     let _classification = deployment.serve("classification", &["--grpc-listen", &grpc]).await;
     let notifications = deployment.serve("notifications", &[]).await;
+    let front = deployment
+        .serve("gateway", &["--upstream", &format!("{},{},{}", users.url, documents.url, notifications.url)])
+        .await;
 
     let user = users.client().register("ada@example.com").await;
-    let client = documents.client();
+    // Uploads stream through the gateway (multipart, as curl -F sends them).
+    let client = front.client();
     let invoice = client
         .upload(&user, "march-invoice.pdf", render::text_pdf(&[&generate(DocClass::Invoice, 11)], None, None))
         .await;
@@ -287,9 +302,12 @@ async fn the_document_platform_runs_as_separate_processes_on_postgresql_and_nats
         let view = client.wait_for_document(&user.token, id).await;
         assert_eq!((view["status"].as_str(), view["label"].as_str()), (Some("CLASSIFIED"), Some(label)), "{view}");
     }
+    // A body above the gateway's replay buffer streams to the service; its refusal comes back.
+    let junk = client.upload_raw(&user.token, "junk.bin", vec![7u8; 3 << 20]).await;
+    common::assert_problem(junk, 415).await;
     let thumbnail = client.document(&user.token, &receipt, "/thumbnail").await;
     assert_eq!(thumbnail.status(), 200, "processing wrote the thumbnail to the blobs documents reads");
-    let notified = notifications.client().wait_for_notifications(&user.token, 2).await;
+    let notified = client.wait_for_notifications(&user.token, 2).await;
     assert_eq!(notified.len(), 2, "{notified:?}");
     let grpc_health = tokio::net::TcpStream::connect(&grpc).await;
     assert!(grpc_health.is_ok(), "classification serves gRPC on {grpc}");
