@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// user needs CREATEDB) [default: postgres://postgres@127.0.0.1:5432/weir_<service>].
     #[arg(long, env = "WEIR_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Connections this process opens to its database at most. PostgreSQL refuses connections
+    /// beyond its `max_connections` (100 by default), which must cover every process's pool.
+    #[arg(long, env = "WEIR_DATABASE_POOL", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub database_pool: u16,
     /// The bus: a NATS server with JetStream enabled.
     #[arg(long, env = "WEIR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -120,7 +124,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .build(keys.tokens(), Some(telemetry::install_metrics()));
         return serve_http(&args.process, app, name, None, tasks, &shutdown).await;
     }
-    let db = connect(name, args.database_url.as_deref()).await?;
+    let db = connect(name, args.database_url.as_deref(), args.database_pool).await?;
 
     let Target::Service(service) = args.service else {
         let gateway = services::start_gateway(db, &args.gateway, args.process.listen).await?;
@@ -186,9 +190,10 @@ async fn serve_http(
 
 /// The service's database, created on first start. The URL may hold a password: it is never
 /// logged nor put in an error.
-async fn connect(name: &str, url: Option<&str>) -> anyhow::Result<Db> {
+async fn connect(name: &str, url: Option<&str>, pool_size: u16) -> anyhow::Result<Db> {
     let default = format!("postgres://postgres@127.0.0.1:5432/weir_{}", name.replace('-', "_"));
-    let db = weir_store_postgres::connect_or_create(url.unwrap_or(&default), Default::default())
+    let options = weir_store_postgres::Options { pool_size: pool_size.into(), ..Default::default() };
+    let db = weir_store_postgres::connect_or_create(url.unwrap_or(&default), options)
         .await
         .with_context(|| format!("cannot open the {name} database: is PostgreSQL running? check --database-url"))?;
     Ok(Arc::new(db))

@@ -60,7 +60,14 @@ impl TestWorld {
     /// store; kernel tables installed), on the shared bus. Fails loudly, saying how to start
     /// PostgreSQL, when it is not running.
     pub async fn postgres_kernel(&self) -> Kernel {
-        let db = weir_store_postgres::fresh_test_database().await;
+        self.postgres_kernel_with(weir_store_postgres::Options::default()).await
+    }
+
+    /// Like [`postgres_kernel`](Self::postgres_kernel), with pool options: a pool of one
+    /// connection shows a handler that asks the database for a second one while its
+    /// transaction holds the first (it waits forever where replicas share a small pool).
+    pub async fn postgres_kernel_with(&self, options: weir_store_postgres::Options) -> Kernel {
+        let db = weir_store_postgres::fresh_test_database_with(options).await;
         store::install(&db).await.expect("kernel tables install on PostgreSQL");
         self.kernel_on(Arc::new(db))
     }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use tracing::info;
 use uuid::Uuid;
 use weir_contracts::{CancelOrder, CompleteOrder, Contract, ProductAdded, ProductPriceChanged};
-use weir_core::{Context, Db, Event, Handler, HandlerError, Outgoing, store::event_store::ExpectedVersion};
+use weir_core::{Context, Event, Handler, HandlerError, Outgoing, store::event_store::ExpectedVersion};
 
 use crate::{read_model::ProjectorHandle, store};
 
@@ -56,7 +56,6 @@ fn refuse_negative(product_id: Uuid, amount: i64) -> Result<(), HandlerError> {
 /// conflict, which is transient, so the router retries on fresh state), and hand the same
 /// events to the router for the outbox — both in the handler's transaction.
 pub struct Commands {
-    pub db: Db,
     pub projector: ProjectorHandle,
 }
 
@@ -76,7 +75,7 @@ impl Handler for Commands {
         } else {
             return Err(HandlerError::permanent(format!("orders has no command of type `{}`", event.kind)));
         };
-        let Some((order, version)) = store::load(self.db.as_ref(), order_id).await? else {
+        let Some((order, version)) = store::load(ctx.tx(), order_id).await? else {
             return Err(HandlerError::permanent(format!("unknown order {order_id}: it has no order_created")));
         };
         let decided = match &command {

@@ -92,7 +92,7 @@ impl Service {
         let projecting = tokio::spawn(projector.run(projector_stop.clone()));
         let router = Router::new(kernel.clone(), config.router)
             .route(topics::INVENTORY, NAME, consumers::Prices)
-            .route(topics::ORDER_COMMANDS, NAME, consumers::Commands { db: kernel.db.clone(), projector: handle });
+            .route(topics::ORDER_COMMANDS, NAME, consumers::Commands { projector: handle });
         let routed = kernel.run(router, shutdown).await;
         // The router may also have stopped on its own (a failed subscription).
         projector_stop.cancel();

@@ -53,10 +53,10 @@ pub fn stream(order_id: Uuid) -> String {
     format!("order-{order_id}")
 }
 
-/// Loads an order from its stream: its state and the stream's version, or `None` when the
-/// order does not exist.
-pub async fn load(db: &dyn Database, order_id: Uuid) -> store::Result<Option<(Order, i64)>> {
-    let recorded = event_store::read_stream(db, &stream(order_id), 0).await?;
+/// Loads an order from its stream inside `tx` (the one that will append to it): its state and
+/// the stream's version, or `None` when the order does not exist.
+pub async fn load(tx: &mut dyn Transaction, order_id: Uuid) -> store::Result<Option<(Order, i64)>> {
+    let recorded = event_store::read_stream_in(tx, &stream(order_id), 0).await?;
     let Some(version) = recorded.last().map(|r| r.version) else { return Ok(None) };
     let mut history = Vec::with_capacity(recorded.len());
     for r in &recorded {

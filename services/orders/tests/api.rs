@@ -38,6 +38,9 @@ enum Store {
     Sqlite,
     /// The distributed setup's store.
     Postgres,
+    /// PostgreSQL with a pool of one connection: a handler that queries outside its
+    /// transaction waits for itself.
+    PostgresOneConnection,
 }
 
 struct App {
@@ -67,6 +70,9 @@ impl App {
         let kernel = match store {
             Store::Sqlite => world.kernel("orders").await,
             Store::Postgres => world.postgres_kernel().await,
+            Store::PostgresOneConnection => {
+                world.postgres_kernel_with(weir_store_postgres::Options { pool_size: 1, ..Default::default() }).await
+            }
         };
         let service = Service::build(kernel.clone(), Config::default()).await.expect("the service builds");
         let (router, _openapi) = service.routes().split_for_parts();
@@ -695,6 +701,24 @@ async fn the_order_flow_holds_on_postgresql() {
     let replayed = projection::rebuild(app.kernel.db.as_ref(), &OrderViews, 2).await.unwrap();
     assert!(replayed.applied >= 4, "replayed only {replayed:?}");
     assert_eq!(app.all_orders(&token, 1).await, listed);
+}
+
+/// A command's handler reads the order inside its own transaction: with one connection in the
+/// pool, reading it through the pool instead waited for the transaction's own connection until
+/// every attempt timed out and the command was dead-lettered — with replicas of orders on a
+/// small pool, batches of commands stalled the same way under load.
+#[tokio::test]
+async fn commands_read_the_order_inside_their_transaction() {
+    let app = App::spawn_on(Store::PostgresOneConnection).await;
+    let user = Uuid::now_v7();
+    let token = app.token(user);
+    let mut orders = app.world.watch(topics::ORDERS).await;
+    let first = app.place_ok(&token, json!([{"product_id": app.catalog.apple, "quantity": 1}])).await;
+    let second = app.place_ok(&token, json!([{"product_id": app.catalog.pear, "quantity": 1}])).await;
+    app.world.publish("saga", &CompleteOrder { order_id: first }).await;
+    app.world.publish("saga", &CompleteOrder { order_id: second }).await;
+    orders.expect::<OrderCompleted>(|c| c.order_id == first).await;
+    orders.expect::<OrderCompleted>(|c| c.order_id == second).await;
 }
 
 #[tokio::test]

@@ -123,15 +123,18 @@ fn decode(rows: Vec<crate::db::Row>) -> Result<Vec<Recorded>> {
 
 /// The events of `stream` with version > `after_version`, in order.
 pub async fn read_stream(db: &dyn Database, stream: &str, after_version: i64) -> Result<Vec<Recorded>> {
-    decode(
-        db.query(
-            "SELECT position, stream, version, envelope FROM weir_events
-             WHERE stream = $1 AND version > $2 ORDER BY version",
-            &[stream.into(), after_version.into()],
-        )
-        .await?,
-    )
+    decode(db.query(READ_STREAM, &[stream.into(), after_version.into()]).await?)
 }
+
+/// [`read_stream`] inside `tx`: what a handler that is about to append reads, so that it
+/// needs no second connection while its transaction holds one (and sees its batch-mates'
+/// appends).
+pub async fn read_stream_in(tx: &mut dyn Transaction, stream: &str, after_version: i64) -> Result<Vec<Recorded>> {
+    decode(tx.query(READ_STREAM, &[stream.into(), after_version.into()]).await?)
+}
+
+const READ_STREAM: &str = "SELECT position, stream, version, envelope FROM weir_events
+     WHERE stream = $1 AND version > $2 ORDER BY version";
 
 /// Up to `limit` events with position > `after`, in global order.
 pub async fn read_all(db: &dyn Database, after: i64, limit: i64) -> Result<Vec<Recorded>> {
