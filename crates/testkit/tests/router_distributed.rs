@@ -25,3 +25,32 @@ impl Backend for Distributed {
 }
 
 weir_testkit::router_tests!(Distributed);
+
+/// On PostgreSQL a batching route runs one transaction at a time (its batches grow with the
+/// backlog): concurrent transactions there wait on each other's row locks and deadlock, which
+/// stalled the order pipeline behind `weir serve` under load. Without batching it keeps its
+/// concurrency (long prepare steps, such as OCR, need it).
+#[tokio::test]
+async fn a_batching_route_runs_one_transaction_at_a_time_on_postgresql() {
+    use std::{sync::atomic::Ordering, time::Duration};
+    use weir_testkit::router::{Recorder, World};
+    for batch in [64, 1] {
+        let mut w = World::new(&Distributed).await;
+        w.options.concurrency = 8;
+        w.options.batch = batch;
+        let recorder = Recorder { sleep: Duration::from_millis(40), ..Recorder::new(&w.output) };
+        let max_running = recorder.max_running.clone();
+        // Four keys, so the transport may hand out four at once.
+        let events: Vec<_> = (0..24).map(|n| w.event(n)).collect();
+        w.publish(&events).await;
+        let running = w.start(recorder);
+        assert_eq!(w.wait_for_effects(24).await.len(), 24);
+        running.stop().await;
+        let most = max_running.load(Ordering::SeqCst);
+        if batch > 1 {
+            assert_eq!(most, 1, "batch {batch}: transactions at once");
+        } else {
+            assert!(most > 1, "batch {batch}: without batching the route runs concurrently, saw {most}");
+        }
+    }
+}

@@ -53,6 +53,14 @@
 //! Batches form only when messages queue up, so a lone message waits for nothing; under load
 //! one commit and one wake-up serve many messages.
 //!
+//! On PostgreSQL a batching route (`batch` > 1) runs one batch at a time, each taking what
+//! queued during the one before. Concurrent transactions there wait on each other's row locks
+//! (a product's stock, a user's row) until each commit's fsync, and their locks, taken in
+//! different orders, deadlock: behind a burst of orders sixty-four concurrent small batches
+//! reserved stock at a few per second. One at a time, the batch grows with the backlog and one
+//! commit settles it, as SQLite's group commit does. Routes without batching (long `prepare`
+//! steps such as OCR) keep their concurrency.
+//!
 //! Order per key comes from the transport: it hands out a key's next message only after the
 //! previous one is settled, so the router handles different keys concurrently and one key in
 //! order, and a nack holds back only its own key.
@@ -365,6 +373,8 @@ impl Router {
             shutdown.cancelled().await;
             return Ok(());
         }
+        // See "Batching" above.
+        let one_batch_at_a_time = shared.options.batch > 1 && shared.kernel.db.dialect() == Dialect::Postgres;
         let mut loops = JoinSet::new();
         if let Some(retention) = shared.options.inbox_retention {
             loops.spawn(prune_inbox(shared.kernel.db.clone(), retention, shutdown.clone()));
@@ -395,11 +405,16 @@ impl Router {
                         }
                     }
                     let (shared, route) = (shared.clone(), route.clone());
-                    in_flight.spawn(async move {
+                    let work = async move {
                         let (deliveries, permits): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                         shared.process(&route, deliveries).await;
                         drop(permits);
-                    });
+                    };
+                    if one_batch_at_a_time {
+                        work.await;
+                    } else {
+                        in_flight.spawn(work);
+                    }
                     // Reap finished tasks so the set does not grow without bound.
                     while in_flight.try_join_next().is_some() {}
                 }
