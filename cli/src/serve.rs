@@ -18,7 +18,7 @@ use weir_http::telemetry;
 use crate::{
     data_dir::Keys,
     runtime::{self, ProcessArgs},
-    services::{self, GatewayArgs, Service, ServiceArgs, Shared},
+    services::{self, PaymentGatewayArgs, Service, ServiceArgs, Shared},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -65,7 +65,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub services: ServiceArgs,
     #[command(flatten)]
-    pub gateway: GatewayArgs,
+    pub payment_gateway: PaymentGatewayArgs,
 }
 
 /// What `weir serve` runs: a service, the HTTP gateway, or the simulated payment gateway.
@@ -127,7 +127,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let db = connect(name, args.database_url.as_deref(), args.database_pool).await?;
 
     let Target::Service(service) = args.service else {
-        let gateway = services::start_gateway(db, &args.gateway, args.process.listen).await?;
+        let gateway = services::start_payment_gateway(db, &args.payment_gateway, args.process.listen).await?;
         info!(url = %gateway.url(), "the simulated payment gateway is up");
         eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
         let outcome = runtime::supervise(tasks, &shutdown).await;

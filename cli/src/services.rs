@@ -229,7 +229,7 @@ fn directory(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 /// The simulated payment gateway's failure rates and latency.
 #[derive(Args, Debug, Clone)]
-pub struct GatewayArgs {
+pub struct PaymentGatewayArgs {
     /// Share of charges the simulated payment gateway declines (0.0–1.0).
     #[arg(long, env = "WEIR_PAYMENT_DECLINE_RATE", default_value_t = 0.0, value_parser = rate)]
     pub payment_decline_rate: f64,
@@ -242,9 +242,9 @@ pub struct GatewayArgs {
 }
 
 /// Starts the simulated payment gateway on `listen`, its ledger in `db`.
-pub async fn start_gateway(
+pub async fn start_payment_gateway(
     db: weir_core::Db,
-    args: &GatewayArgs,
+    args: &PaymentGatewayArgs,
     listen: SocketAddr,
 ) -> anyhow::Result<weir_payments::simulator::Simulator> {
     let latency = Duration::from_millis(args.payment_latency_ms);

@@ -19,7 +19,7 @@ use weir_store_sqlite::{LogOptions, SqliteDatabase, SqliteLog};
 use crate::{
     data_dir::DataDir,
     runtime::{self, ProcessArgs},
-    services::{self, GatewayArgs, Service, ServiceArgs, Shared, start_gateway},
+    services::{self, PaymentGatewayArgs, Service, ServiceArgs, Shared, start_payment_gateway},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct UpArgs {
     #[command(flatten)]
     pub process: ProcessArgs,
     #[command(flatten)]
-    pub gateway: GatewayArgs,
+    pub payment_gateway: PaymentGatewayArgs,
     /// Address of the simulated payment gateway (its ledger is at /v1/ledger); port 0 picks one.
     #[arg(long, env = "WEIR_PAYMENT_GATEWAY_LISTEN", default_value = "127.0.0.1:0")]
     pub payment_gateway_listen: SocketAddr,
@@ -85,7 +85,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     // The simulated external payment gateway: its own durable ledger, reached over loopback HTTP.
     let gateway_db: weir_core::Db = Arc::new(SqliteDatabase::open(data.path("gateway.db"))?);
-    let gateway = start_gateway(gateway_db, &args.gateway, args.payment_gateway_listen).await?;
+    let gateway = start_payment_gateway(gateway_db, &args.payment_gateway, args.payment_gateway_listen).await?;
     let gateway_url = gateway.url();
 
     // Every service. Blobs in a local directory, OCR in worker processes.
