@@ -58,18 +58,7 @@ pub async fn routes(mut app: App, upstreams: &[String]) -> anyhow::Result<App> {
         let openapi = discover(&client, &url).await?;
         let paths: Vec<String> =
             openapi.paths.paths.keys().filter(|p| !OWN_PATHS.contains(&p.as_str())).cloned().collect();
-        services.entry(paths).or_insert_with(|| (Vec::new(), openapi)).0.push(url.clone());
-        let check_client = client.clone();
-        app = app.readiness(format!("upstream {url}"), move || {
-            let (client, url) = (check_client.clone(), url.clone());
-            async move {
-                match client.get(format!("{url}/readyz")).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(format!("answers {}", r.status())),
-                    Err(e) => Err(format!("unreachable: {e}")),
-                }
-            }
-        });
+        services.entry(paths).or_insert_with(|| (Vec::new(), openapi)).0.push(url);
     }
     let mut seen = BTreeMap::new();
     for (paths, (urls, mut openapi)) in services {
@@ -78,6 +67,7 @@ pub async fn routes(mut app: App, upstreams: &[String]) -> anyhow::Result<App> {
                 bail!("{path} is served by both {other:?} and {urls:?}: give each service's processes once");
             }
         }
+        app = app.readiness(format!("upstream {}", urls.join(" | ")), ready_when_one_is(client.clone(), urls.clone()));
         let replicas = Arc::new(Replicas { urls, next: AtomicUsize::new(0), client: client.clone() });
         openapi.paths.paths.retain(|path, _| !OWN_PATHS.contains(&path.as_str()));
         let mut router = OpenApiRouter::with_openapi(openapi);
@@ -87,6 +77,28 @@ pub async fn routes(mut app: App, upstreams: &[String]) -> anyhow::Result<App> {
         app = app.routes(router);
     }
     Ok(app)
+}
+
+/// A service behind the gateway is ready when one of its processes is: the others' deaths
+/// cost capacity, not the routes.
+fn ready_when_one_is(
+    client: reqwest::Client,
+    urls: Vec<String>,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+    move || {
+        let (client, urls) = (client.clone(), urls.clone());
+        Box::pin(async move {
+            let mut why = Vec::new();
+            for url in &urls {
+                match client.get(format!("{url}/readyz")).send().await {
+                    Ok(r) if r.status().is_success() => return Ok(()),
+                    Ok(r) => why.push(format!("{url} answers {}", r.status())),
+                    Err(_) => why.push(format!("{url} is unreachable")),
+                }
+            }
+            Err(why.join("; "))
+        })
+    }
 }
 
 /// The upstream's OpenAPI document, waiting for it to start.

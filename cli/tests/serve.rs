@@ -231,6 +231,8 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     // One orders process dies; the other carries on with what comes next, and the gateway
     // passes over the dead one (two orders: one of them is its turn).
     orders_a.kill();
+    let ready = reqwest::get(format!("{}/readyz", front.url)).await.unwrap();
+    assert_eq!(ready.status(), 200, "orders is still served: {}", ready.text().await.unwrap());
     for _ in 0..2 {
         let after = api.place_order(&user, product_id, 1).await;
         assert_eq!(api.wait_for_outcome(&user.token, &after).await["status"], "COMPLETED");
