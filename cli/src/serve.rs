@@ -26,7 +26,9 @@ use crate::{
 Example (one machine, each line a terminal; run more processes of a service on other ports):\n  \
 weir serve payment-gateway --listen 127.0.0.1:4100\n  \
 weir serve payments --listen 127.0.0.1:8084 --payment-gateway-url http://127.0.0.1:4100\n  \
-weir serve orders --listen 127.0.0.1:8083")]
+weir serve orders --listen 127.0.0.1:8083\n  \
+weir serve gateway --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8083\n\
+README.md (\"Scale out\") runs every service this way.")]
 pub struct ServeArgs {
     /// The service this process runs.
     #[arg(value_enum)]
