@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use weir_core::{Db, Kernel, store, store::outbox::Outbox};
-use weir_http::telemetry;
+use weir_http::{app::App, telemetry};
 
 use crate::{
     data_dir::Keys,
@@ -78,16 +78,6 @@ pub enum Target {
     PaymentGateway,
 }
 
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Service(service) => service.name(),
-            Self::Gateway => "gateway",
-            Self::PaymentGateway => "payment-gateway",
-        }
-    }
-}
-
 impl ValueEnum for Target {
     fn value_variants<'a>() -> &'a [Self] {
         static VARIANTS: LazyLock<Vec<Target>> = LazyLock::new(|| {
@@ -118,25 +108,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let app = args.process.start(&mut tasks, &shutdown)?;
-    let name = args.service.name();
-    if let Target::Gateway = args.service {
-        let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
-        let app = crate::gateway::routes(app, &args.upstreams)
-            .await?
-            .build(keys.tokens(), Some(telemetry::install_metrics()));
-        return serve_http(&args.process, app, name, None, tasks, &shutdown).await;
+    match args.service {
+        Target::Service(service) => serve_service(service, &args, app, tasks, &shutdown).await,
+        Target::Gateway => {
+            let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
+            let app = crate::gateway::routes(app, &args.upstreams)
+                .await?
+                .build(keys.tokens(), Some(telemetry::install_metrics()));
+            serve_http(&args.process, app, "gateway", None, tasks, &shutdown).await
+        }
+        Target::PaymentGateway => {
+            let db = connect("payment-gateway", args.database_url.as_deref(), args.database_pool).await?;
+            let gateway = services::start_payment_gateway(db, &args.payment_gateway, args.process.listen).await?;
+            info!(url = %gateway.url(), "the simulated payment gateway is up");
+            eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
+            let outcome = runtime::supervise(tasks, &shutdown).await;
+            gateway.stop().await;
+            outcome
+        }
     }
+}
+
+/// One service on its database and the bus, with its HTTP routes.
+async fn serve_service(
+    service: Service,
+    args: &ServeArgs,
+    app: App,
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let name = service.name();
     let db = connect(name, args.database_url.as_deref(), args.database_pool).await?;
-
-    let Target::Service(service) = args.service else {
-        let gateway = services::start_payment_gateway(db, &args.payment_gateway, args.process.listen).await?;
-        info!(url = %gateway.url(), "the simulated payment gateway is up");
-        eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
-        let outcome = runtime::supervise(tasks, &shutdown).await;
-        gateway.stop().await;
-        return outcome;
-    };
-
     store::install(db.as_ref()).await.with_context(|| format!("cannot prepare the {name} database"))?;
     let options =
         weir_bus_nats::Options { ack_wait: ACK_WAIT, ..weir_bus_nats::Options::with_prefix(&args.nats_prefix) };
@@ -166,7 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let app = runtime::ready_when_answering(app.routes(built.routes), name, db)
         .build(shared.keys.tokens(), Some(telemetry::install_metrics()));
-    let outcome = serve_http(&args.process, app, name, built.grpc, tasks, &shutdown).await;
+    let outcome = serve_http(&args.process, app, name, built.grpc, tasks, shutdown).await;
     bus.close().await;
     outcome
 }

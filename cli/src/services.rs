@@ -129,10 +129,22 @@ pub async fn build(
     shared: &Shared,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Built> {
+    build_service(service, kernel, args, shared, shutdown)
+        .await
+        .with_context(|| format!("cannot start the {} service", service.name()))
+}
+
+async fn build_service(
+    service: Service,
+    kernel: Kernel,
+    args: &ServiceArgs,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Built> {
     let name = service.name();
     macro_rules! built {
         ($service:expr) => {{
-            let service = $service.await.with_context(|| format!("cannot start the {name} service"))?;
+            let service = $service.await?;
             Built { routes: service.routes(), tasks: vec![named(name, service.run(shutdown)).boxed()], grpc: None }
         }};
     }
@@ -184,9 +196,7 @@ pub async fn build(
             if let Some(workers) = args.ocr_workers {
                 config.workers = workers.max(1);
             }
-            let service = weir_processing::Service::build(kernel, blobs(&shared.blobs)?, config)
-                .await
-                .with_context(|| format!("cannot start the {name} service"))?;
+            let service = weir_processing::Service::build(kernel, blobs(&shared.blobs)?, config).await?;
             Built { routes: OpenApiRouter::new(), tasks: vec![named(name, service.run(shutdown)).boxed()], grpc: None }
         }
         Service::Classification => {
@@ -199,8 +209,7 @@ pub async fn build(
                     router: RouterOptions::default(),
                 },
             )
-            .await
-            .with_context(|| format!("cannot start the {name} service"))?;
+            .await?;
             let listener = tokio::net::TcpListener::bind(args.grpc_listen).await.with_context(|| {
                 format!("cannot listen on {} for gRPC: choose another address with --grpc-listen", args.grpc_listen)
             })?;

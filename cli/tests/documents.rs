@@ -79,16 +79,7 @@ async fn a_pdf_a_scan_and_an_image_are_read_labelled_and_notified() {
     for part in ["", "/thumbnail", "/text", "/events"] {
         assert_problem(client.document(&bob.token, &ids[0], part).await, 404).await;
     }
-    let bobs: Value = client
-        .http
-        .get(format!("{}/v1/documents", weir.url))
-        .bearer_auth(&bob.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs = client.get_json(&bob.token, "/v1/documents").await;
     assert_eq!(bobs["items"], serde_json::json!([]));
 }
 

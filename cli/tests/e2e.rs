@@ -47,16 +47,7 @@ async fn the_walkthrough_completes_an_order_and_notifies_once() {
     assert_eq!(count(&ledger, "refunds"), 0, "{ledger}");
 
     // The caller's list holds the order; another user sees neither it nor its notification.
-    let list: Value = client
-        .http
-        .get(format!("{}/v1/orders", weir.url))
-        .bearer_auth(&ada.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = client.get_json(&ada.token, "/v1/orders").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let bob = client.register("bob@example.com").await;
     assert_problem(client.order(&bob.token, &order_id).await, 404).await;

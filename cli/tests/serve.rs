@@ -6,11 +6,11 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Client, PATIENCE, free_port};
+use common::{Client, PATIENCE, Process, free_port};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -25,13 +25,6 @@ struct Deployment {
     dir: tempfile::TempDir,
 }
 
-/// A running `weir serve <service>`.
-struct Served {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
 impl Deployment {
     fn new() -> Self {
         Self {
@@ -43,7 +36,7 @@ impl Deployment {
 
     /// Starts `weir serve <service>` on a free port and waits until it answers. Processes of
     /// one service share its database.
-    async fn serve(&mut self, service: &str, extra: &[&str]) -> Served {
+    async fn serve(&mut self, service: &str, extra: &[&str]) -> Process {
         let database = match self.databases.iter().find(|(s, _)| s == service) {
             Some((_, database)) => database.clone(),
             None => {
@@ -68,7 +61,7 @@ impl Deployment {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the weir binary starts");
-        let mut served = Served { child, url: format!("http://127.0.0.1:{port}"), log };
+        let mut served = Process { child, url: format!("http://127.0.0.1:{port}"), log };
         let ready = if service == "payment-gateway" { "/v1/ledger" } else { "/readyz" };
         served.wait_for(ready).await;
         served
@@ -117,53 +110,13 @@ const TOPICS: [&str; 11] = [
     "doc.classified",
 ];
 
-impl Served {
-    async fn wait_for(&mut self, path: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("{} exited ({status}) before it was ready; log:\n{}", self.url, self.log_tail());
-            }
-            if let Ok(r) = reqwest::get(format!("{}{path}", self.url)).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{} did not become ready; log:\n{}", self.url, self.log_tail());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client { http: reqwest::Client::new(), url: self.url.clone() }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// What this process's routers handled: `weir_handler_total` summed over its labels.
-    async fn handled(&self) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url)).await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("weir_handler_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What a process's routers handled: `weir_handler_total` summed over its labels.
+async fn handled(process: &Process) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", process.url)).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("weir_handler_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,19 +165,10 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     for id in &placed {
         assert_eq!(a.wait_for_outcome(&user.token, id).await["status"], "COMPLETED");
     }
-    let listed: Value = a
-        .http
-        .get(format!("{}/v1/orders?limit=100", a.url))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = a.get_json(&user.token, "/v1/orders?limit=100").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 21, "{listed}");
     assert!(
-        orders_a.handled().await > 0.0 && orders_b.handled().await > 0.0,
+        handled(&orders_a).await > 0.0 && handled(&orders_b).await > 0.0,
         "the bus shares orders' work between its two processes"
     );
 

@@ -1,5 +1,6 @@
-//! Black-box harness for the `weir` binary: start `weir up` as a real process on free loopback
-//! ports, talk to it only over HTTP, kill it, restart it on the same data directory.
+//! Black-box harness for the `weir` binary: start `weir up` (or, in `serve.rs`, `weir serve`)
+//! as a real process on free loopback ports, talk to it only over HTTP, kill it, restart it on
+//! the same data directory.
 
 #![allow(dead_code)]
 
@@ -14,17 +15,79 @@ use serde_json::{Value, json};
 
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A running `weir up`.
-pub struct Weir {
+/// A running `weir` process with an HTTP listener at `url` and its stderr in `log`; killed when
+/// dropped.
+pub struct Process {
     pub child: Child,
     pub url: String,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Waits until `path` answers with a success; fails with the log's tail when the process
+    /// exits first or does not answer within [`PATIENCE`].
+    pub async fn wait_for(&mut self, path: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) before it was ready; log:\n{}", self.url, self.log_tail());
+            }
+            if let Ok(r) = reqwest::get(format!("{}{path}", self.url)).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not become ready; log:\n{}", self.url, self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no chance to flush or drain anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn client(&self) -> Client {
+        Client { http: reqwest::Client::new(), url: self.url.clone() }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `weir up` (its process's fields and methods are reached through it).
+pub struct Weir {
+    pub process: Process,
     pub gateway: String,
     /// The classification service's gRPC endpoint.
     pub grpc: String,
     pub data_dir: PathBuf,
-    pub log: PathBuf,
     args: Vec<String>,
     log_filter: String,
+}
+
+impl std::ops::Deref for Weir {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Weir {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 struct Ports {
@@ -75,44 +138,16 @@ impl Weir {
             .stderr(log_file)
             .spawn()
             .expect("the weir binary starts");
-        let weir = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
+        let mut weir = Self {
+            process: Process { child, url: format!("http://127.0.0.1:{port}"), log },
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             grpc: format!("http://127.0.0.1:{grpc_port}"),
             data_dir: data_dir.to_path_buf(),
-            log,
             args,
             log_filter,
         };
-        weir.wait_ready().await;
+        weir.wait_for("/readyz").await;
         weir
-    }
-
-    async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "weir up did not become ready; log:\n{}", self.log_tail());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGKILL: no chance to flush or drain anything.
-    pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
     }
 
     /// Starts the same configuration again on the same data dir and ports.
@@ -136,20 +171,9 @@ impl Weir {
         }
     }
 
-    pub fn client(&self) -> Client {
-        Client { http: reqwest::Client::new(), url: self.url.clone() }
-    }
-
     /// The simulated gateway's ledger.
     pub async fn ledger(&self) -> Value {
         reqwest::get(format!("{}/v1/ledger", self.gateway)).await.unwrap().json().await.unwrap()
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -167,6 +191,11 @@ pub struct User {
 }
 
 impl Client {
+    /// `GET {path}` with `token`, its body as JSON.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn register(&self, email: &str) -> User {
         let password = "correct horse battery staple";
         let response = self
