@@ -1,6 +1,8 @@
 //! Process-wide logging and metrics: call [`init_logging`] and [`install_metrics`] once at
 //! start-up (a second call is harmless, so tests may call them freely).
 
+mod json_lines;
+
 use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -10,7 +12,7 @@ use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, registry::Looku
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// One JSON object per line, with the fields of every enclosing span (`trace_id`,
-    /// `request_id`...): for machines.
+    /// `request_id`...) in `spans`: for machines.
     Json,
     /// Human-readable lines with their span context, coloured on a terminal.
     Pretty,
@@ -61,20 +63,15 @@ fn filter_from_env() -> Result<EnvFilter, Error> {
     Ok(EnvFilter::new("info"))
 }
 
-/// JSON lines: the event's fields at the top level, the current span as `span` and every
-/// enclosing span as `spans`, so a line logged deep inside a handler still carries the
-/// request span's `trace_id` and `request_id`.
+/// JSON lines: the event's fields at the top level and every enclosing span, outermost first,
+/// in `spans`, so a line logged deep inside a handler still carries the request span's
+/// `trace_id` and `request_id`.
 fn json_layer<S, W>(writer: W) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(true)
-        .with_writer(writer)
+    json_lines::JsonLines::new(writer)
 }
 
 /// Histogram buckets (seconds) for every metric named `*_seconds`: 1 ms to 30 s, dense where
@@ -171,7 +168,33 @@ mod tests {
             assert_eq!(spans[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
             assert_eq!(spans[0]["request_id"], "r-1", "{line}");
         }
-        assert_eq!(lines[1]["span"]["sku"], "A");
+        assert_eq!(lines[1]["spans"][1]["sku"], "A");
+        assert_eq!(lines[1]["spans"][1]["name"], "reserve");
+        assert!(lines[1].get("span").is_none(), "the innermost span is the last of spans, not repeated: {}", lines[1]);
+    }
+
+    #[test]
+    fn json_lines_hold_every_kind_of_field_escaped() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("handle", topic = "orders", attempt = tracing::field::Empty);
+            span.record("attempt", 2);
+            let _entered = span.enter();
+            let error = std::io::Error::other("disk \"full\"\nretry");
+            tracing::warn!(error = %error, ratio = 0.5, nan = f64::NAN, ok = true, delta = -3, "it {} failed", "really");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["message"], "it really failed");
+        assert_eq!(line["error"], "disk \"full\"\nretry");
+        assert_eq!((line["ratio"].clone(), line["nan"].clone()), (serde_json::json!(0.5), serde_json::json!("NaN")));
+        assert_eq!((line["ok"].clone(), line["delta"].clone()), (serde_json::json!(true), serde_json::json!(-3)));
+        assert_eq!(line["spans"], serde_json::json!([{ "name": "handle", "topic": "orders", "attempt": 2 }]));
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+        assert_eq!(text.lines().count(), 1);
     }
 
     #[test]
