@@ -261,11 +261,8 @@ async fn every_log_line_about_an_order_carries_its_trace_id() {
 
 /// A field of the event or of any of its spans.
 fn find_field(line: &Value, name: &str) -> Option<String> {
-    let mut places = vec![line.get("fields"), line.get("span")];
-    if let Some(spans) = line.get("spans").and_then(Value::as_array) {
-        places.extend(spans.iter().map(Some));
-    }
-    places.into_iter().flatten().find_map(|p| p.get(name)).and_then(Value::as_str).map(str::to_owned)
+    let spans = line.get("spans").and_then(Value::as_array).into_iter().flatten();
+    std::iter::once(line).chain(spans).find_map(|p| p.get(name)).and_then(Value::as_str).map(str::to_owned)
 }
 
 /// `weir bench orders` against a running `weir up`: every order it places ends, and its table

@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -22,12 +22,13 @@ use weir_http::{AuthUser, Json, Page, Problem, TraceContext};
 
 use crate::{
     domain::{self, Invalid, Limits, RawLine, Status},
-    read_model::{self, ProjectorHandle, View},
+    read_model::{self, View},
     store,
 };
 
-/// How long placing an order waits for the read model to show it (read-your-writes).
-const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
+/// How long a request waits for the order of a concurrent request with the same
+/// `Idempotency-Key` to commit.
+const CONCURRENT_KEY_WAIT: Duration = Duration::from_secs(1);
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The state of the routes; cheap to clone.
@@ -40,12 +41,11 @@ struct Inner {
     db: Db,
     outbox: Outbox,
     limits: Limits,
-    projector: ProjectorHandle,
 }
 
 impl Api {
-    pub fn new(db: Db, outbox: Outbox, limits: Limits, projector: ProjectorHandle) -> Self {
-        Self { inner: Arc::new(Inner { db, outbox, limits, projector }) }
+    pub fn new(db: Db, outbox: Outbox, limits: Limits) -> Self {
+        Self { inner: Arc::new(Inner { db, outbox, limits }) }
     }
 }
 
@@ -242,7 +242,7 @@ async fn create_order(
         // that is durable (a group commit may still be writing it; PostgreSQL has already
         // waited for it).
         drop(tx);
-        let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES;
+        let deadline = tokio::time::Instant::now() + CONCURRENT_KEY_WAIT;
         loop {
             if let Some(existing) = store::order_for_key(db, user.user_id, key).await? {
                 return Ok(accepted(existing));
@@ -253,21 +253,13 @@ async fn create_order(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let position =
-        store::record(tx.as_mut(), api.db.dialect(), order_id, ExpectedVersion::NoStream, std::slice::from_ref(&event))
-            .await?;
+    store::record(tx.as_mut(), api.db.dialect(), order_id, ExpectedVersion::NoStream, std::slice::from_ref(&event))
+        .await?;
     api.outbox.enqueue(tx.as_mut(), topics::ORDERS, vec![event]).await?;
     api.outbox.commit(tx).await?;
     metrics::counter!("weir_orders_created_total").increment(1);
     info!(order_id = %order_id, lines = lines.len(), "order placed");
-
-    // Read-your-writes: answer once the read model shows the order, so that following the
-    // Location finds it. If the projector is slow the order is still accepted.
-    api.projector.wake();
-    if !api.projector.wait_for(position, READ_YOUR_WRITES).await {
-        metrics::counter!("weir_orders_read_model_lagging_total").increment(1);
-        warn!(order_id = %order_id, position, "the read model has not caught up yet; answering anyway");
-    }
+    // The read model changed in the same transaction: following the Location finds the order.
     Ok(accepted(order_id))
 }
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use weir_contracts::{CancelOrder, CompleteOrder, Contract, ProductAdded, ProductPriceChanged};
 use weir_core::{Context, Event, Handler, HandlerError, Outgoing, store::event_store::ExpectedVersion};
 
-use crate::{read_model::ProjectorHandle, store};
+use crate::store;
 
 /// Keeps the `prices` table in step with inventory's `product_added` / `product_price_changed`.
 /// Other inventory events are not about prices and are skipped.
@@ -55,9 +55,7 @@ fn refuse_negative(product_id: Uuid, amount: i64) -> Result<(), HandlerError> {
 /// decide, append what was decided at the version read (a concurrent writer makes this a
 /// conflict, which is transient, so the router retries on fresh state), and hand the same
 /// events to the router for the outbox — both in the handler's transaction.
-pub struct Commands {
-    pub projector: ProjectorHandle,
-}
+pub struct Commands;
 
 enum Command {
     Complete,
@@ -102,7 +100,6 @@ impl Handler for Commands {
                 info!(order_id = %order_id, reason = %reason, "order cancelled");
             }
         }
-        self.projector.wake();
         Ok(outgoing)
     }
 }

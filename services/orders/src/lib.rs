@@ -3,7 +3,8 @@
 //! `order-{uuid}` in the kernel's event store, holding only the contract events
 //! `order_created`, `order_completed`, `order_cancelled`), and every event appended to a stream
 //! goes to the outbox on topic `orders` in the same transaction. Reads are served from a
-//! separate, rebuildable read model (`order_views`) that a projector keeps up to date (CQRS).
+//! separate, rebuildable read model (`order_views`), changed in the transaction of each append
+//! (CQRS with an inline projection).
 //!
 //! It is not the source of prices (it learns them from inventory's events), nor of payment or
 //! stock: it never decides an order's outcome itself, it records the saga's decision.
@@ -15,10 +16,10 @@ pub mod read_model;
 pub mod store;
 
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::info;
 use utoipa_axum::router::OpenApiRouter;
 use weir_contracts::topics;
-use weir_core::{Kernel, Router, RouterOptions, db};
+use weir_core::{Kernel, Router, RouterOptions, db, store::projection};
 
 pub use read_model::OrderViews;
 
@@ -59,7 +60,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Service {
     kernel: Kernel,
     config: Config,
-    projector: read_model::Projector,
     api: api::Api,
 }
 
@@ -70,10 +70,14 @@ impl Service {
             return Err(Error::Config("max_lines and max_quantity must be at least 1".into()));
         }
         db::migrate(kernel.db.as_ref(), NAME, store::MIGRATIONS).await?;
-        let projector = read_model::Projector::new(kernel.db.clone()).await?;
+        // Events an earlier version's projector had not applied yet; none otherwise.
+        let caught_up = projection::catch_up(kernel.db.as_ref(), &read_model::OrderViews, read_model::BATCH).await?;
+        if caught_up.applied > 0 {
+            info!(applied = caught_up.applied, "order read model caught up");
+        }
         let limits = domain::Limits { max_lines: config.max_lines, max_quantity: config.max_quantity };
-        let api = api::Api::new(kernel.db.clone(), kernel.outbox.clone(), limits, projector.handle());
-        Ok(Self { kernel, config, projector, api })
+        let api = api::Api::new(kernel.db.clone(), kernel.outbox.clone(), limits);
+        Ok(Self { kernel, config, api })
     }
 
     /// `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}`; they need the app's
@@ -82,23 +86,13 @@ impl Service {
         api::routes(self.api.clone())
     }
 
-    /// Consumes `inventory` (prices) and `orders.commands`, relays the outbox and runs the
-    /// read-model projector, until `shutdown`; then drains and returns.
+    /// Consumes `inventory` (prices) and `orders.commands` and relays the outbox, until
+    /// `shutdown`; then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let Service { kernel, config, projector, api: _ } = self;
-        let handle = projector.handle();
-        // A child token, so that stopping the projector never stops the caller's other services.
-        let projector_stop = shutdown.child_token();
-        let projecting = tokio::spawn(projector.run(projector_stop.clone()));
+        let Service { kernel, config, api: _ } = self;
         let router = Router::new(kernel.clone(), config.router)
             .route(topics::INVENTORY, NAME, consumers::Prices)
-            .route(topics::ORDER_COMMANDS, NAME, consumers::Commands { projector: handle });
-        let routed = kernel.run(router, shutdown).await;
-        // The router may also have stopped on its own (a failed subscription).
-        projector_stop.cancel();
-        if let Err(e) = projecting.await {
-            error!(error = %e, "the order projector task failed");
-        }
-        Ok(routed?)
+            .route(topics::ORDER_COMMANDS, NAME, consumers::Commands);
+        Ok(kernel.run(router, shutdown).await?)
     }
 }

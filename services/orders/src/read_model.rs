@@ -1,40 +1,34 @@
 //! The read side (CQRS): the `order_views` table, a projection of the event store that the HTTP
-//! reads serve from, and the projector task that keeps it up to date.
+//! reads serve from.
 //!
-//! The projection is a pure function of the event store's global order, so it can be rebuilt
-//! from position 0 at any time ([`weir_core::store::projection::rebuild`] with [`OrderViews`]);
-//! times in the table are the events' times, never the clock at projection time, so a rebuild
-//! reproduces the table exactly.
-
-use std::{sync::Arc, time::Duration};
+//! It is an *inline* projection: every append to an order's stream applies its events to the
+//! table, and moves the projection's checkpoint past them, in the transaction that appends them
+//! ([`OrderViews::apply_appended`]). So the table always shows every committed event — a client
+//! that follows `POST /v1/orders`'s `Location` finds its order, on any process of the service —
+//! at the cost of one more row written per event, rather than a projector that reads the events
+//! back, writes them in a transaction of its own and has requests wait for it.
+//!
+//! It is still a projection like any other: a pure function of the event store's global order,
+//! rebuilt from position 0 by `weir replay` ([`weir_core::store::projection::rebuild`] with
+//! [`OrderViews`]) and caught up from its checkpoint when the service starts (events a
+//! projector of an earlier version had not applied yet). Times in the table are the events'
+//! times, never the clock at projection time, so a rebuild reproduces the table exactly.
 
 use async_trait::async_trait;
 use chrono::SecondsFormat;
-use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 use weir_contracts::{Currency, Money, PricedLine};
 use weir_core::{
-    Database, Db, Transaction,
+    Database, Event, Transaction,
     db::{self, Row},
-    store::{
-        self, checkpoints,
-        event_store::Recorded,
-        projection::{self, Projection},
-    },
+    store::{self, checkpoints, event_store::Recorded, projection::Projection},
 };
 
 use crate::domain::{OrderEvent, Status};
 
-/// Events applied per projection transaction.
-const BATCH: i64 = 500;
-/// How often the projector looks for events nobody told it about (appends by other processes).
-const POLL: Duration = Duration::from_millis(250);
-/// A wake can arrive before the writer's commit is visible (a bus handler wakes the projector
-/// from inside its transaction); one quick second look catches that commit without waiting a
-/// whole poll interval.
-const SECOND_LOOK: Duration = Duration::from_millis(10);
+/// Events applied per transaction when catching up or rebuilding.
+pub const BATCH: i64 = 500;
 
 /// The `order_views` projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +37,23 @@ pub struct OrderViews;
 impl OrderViews {
     /// The projection's checkpoint name.
     pub const NAME: &'static str = "orders.order_views";
+
+    /// Applies `events`, just appended to `stream` in `tx` and ending at global `position`, and
+    /// moves the checkpoint to `position`. Appends commit in position order (the event store's
+    /// guarantee), so the checkpoint only moves forward. The checkpoint row is written before
+    /// the views, the order in which a catch-up takes the same locks.
+    pub async fn apply_appended(
+        tx: &mut dyn Transaction,
+        stream: &str,
+        events: &[Event],
+        position: i64,
+    ) -> store::Result<()> {
+        checkpoints::save(tx, Self::NAME, position).await?;
+        for event in events {
+            apply(tx, stream, event).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -57,63 +68,68 @@ impl Projection for OrderViews {
     }
 
     async fn apply(&self, tx: &mut dyn Transaction, recorded: &Recorded) -> store::Result<()> {
-        if !recorded.stream.starts_with("order-") {
-            return Ok(());
-        }
-        let Some(event) = OrderEvent::decode(&recorded.event) else {
-            debug!(kind = %recorded.event.kind, "not an order event; the read model ignores it");
-            return Ok(());
-        };
-        let at = recorded.event.time.to_rfc3339_opts(SecondsFormat::Micros, true);
-        match event? {
-            OrderEvent::Created(created) => {
-                let items = serde_json::to_string(&created.items).expect("priced lines serialise");
-                tx.execute(
-                    "INSERT INTO order_views (order_id, user_id, status, items, total_amount, currency, reason,
-                         created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $7)
-                     ON CONFLICT (order_id) DO NOTHING",
-                    &[
-                        created.order_id.to_string().into(),
-                        created.user_id.to_string().into(),
-                        Status::Pending.as_str().into(),
-                        items.into(),
-                        created.total.amount.into(),
-                        created.total.currency.as_str().into(),
-                        at.into(),
-                    ],
-                )
-                .await?;
-            }
-            OrderEvent::Completed(completed) => {
-                tx.execute(
-                    "UPDATE order_views SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = $4",
-                    &[
-                        completed.order_id.to_string().into(),
-                        Status::Completed.as_str().into(),
-                        at.into(),
-                        Status::Pending.as_str().into(),
-                    ],
-                )
-                .await?;
-            }
-            OrderEvent::Cancelled(cancelled) => {
-                tx.execute(
-                    "UPDATE order_views SET status = $2, reason = $3, updated_at = $4
-                     WHERE order_id = $1 AND status = $5",
-                    &[
-                        cancelled.order_id.to_string().into(),
-                        Status::Cancelled.as_str().into(),
-                        cancelled.reason.into(),
-                        at.into(),
-                        Status::Pending.as_str().into(),
-                    ],
-                )
-                .await?;
-            }
-        }
-        Ok(())
+        apply(tx, &recorded.stream, &recorded.event).await
     }
+}
+
+/// Applies one event of `stream` to the table; events of other streams are not the read model's.
+async fn apply(tx: &mut dyn Transaction, stream: &str, event: &Event) -> store::Result<()> {
+    if !stream.starts_with("order-") {
+        return Ok(());
+    }
+    let Some(decoded) = OrderEvent::decode(event) else {
+        debug!(kind = %event.kind, "not an order event; the read model ignores it");
+        return Ok(());
+    };
+    let at = event.time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    match decoded? {
+        OrderEvent::Created(created) => {
+            let items = serde_json::to_string(&created.items).expect("priced lines serialise");
+            tx.execute(
+                "INSERT INTO order_views (order_id, user_id, status, items, total_amount, currency, reason,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $7)
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    created.order_id.to_string().into(),
+                    created.user_id.to_string().into(),
+                    Status::Pending.as_str().into(),
+                    items.into(),
+                    created.total.amount.into(),
+                    created.total.currency.as_str().into(),
+                    at.into(),
+                ],
+            )
+            .await?;
+        }
+        OrderEvent::Completed(completed) => {
+            tx.execute(
+                "UPDATE order_views SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = $4",
+                &[
+                    completed.order_id.to_string().into(),
+                    Status::Completed.as_str().into(),
+                    at.into(),
+                    Status::Pending.as_str().into(),
+                ],
+            )
+            .await?;
+        }
+        OrderEvent::Cancelled(cancelled) => {
+            tx.execute(
+                "UPDATE order_views SET status = $2, reason = $3, updated_at = $4
+                 WHERE order_id = $1 AND status = $5",
+                &[
+                    cancelled.order_id.to_string().into(),
+                    Status::Cancelled.as_str().into(),
+                    cancelled.reason.into(),
+                    at.into(),
+                    Status::Pending.as_str().into(),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// One row of the read model.
@@ -180,96 +196,4 @@ pub async fn list(db: &dyn Database, user_id: Uuid, before: Option<Uuid>, limit:
         }
     };
     rows.iter().map(view).collect()
-}
-
-/// Wakes the projector and waits for it; cheap to clone.
-#[derive(Clone)]
-pub struct ProjectorHandle {
-    wake: Arc<Notify>,
-    position: watch::Receiver<i64>,
-}
-
-impl ProjectorHandle {
-    /// Tells the projector that events were (or are about to be) appended.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The position the read model has applied up to.
-    pub fn position(&self) -> i64 {
-        *self.position.borrow()
-    }
-
-    /// Waits until the read model has applied `position`, for at most `within`; returns whether
-    /// it has.
-    pub async fn wait_for(&self, position: i64, within: Duration) -> bool {
-        let mut position_rx = self.position.clone();
-        matches!(tokio::time::timeout(within, position_rx.wait_for(|p| *p >= position)).await, Ok(Ok(_)))
-    }
-}
-
-/// The task that applies new events to the read model.
-pub struct Projector {
-    db: Db,
-    wake: Arc<Notify>,
-    position: watch::Sender<i64>,
-}
-
-impl Projector {
-    /// A projector starting from the read model's checkpoint.
-    pub async fn new(db: Db) -> store::Result<Self> {
-        let position = checkpoints::load(db.as_ref(), OrderViews::NAME).await?;
-        let (position, _) = watch::channel(position);
-        Ok(Self { db, wake: Arc::new(Notify::new()), position })
-    }
-
-    pub fn handle(&self) -> ProjectorHandle {
-        ProjectorHandle { wake: self.wake.clone(), position: self.position.subscribe() }
-    }
-
-    /// Catches up whenever woken and every [`POLL`], until `shutdown`: a batch at a time, its
-    /// position published at once (requests waiting to read their writes go), and again at
-    /// once while batches keep coming.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        let mut woken = false;
-        while !shutdown.is_cancelled() {
-            let pause = match self.apply_batch().await {
-                Ok(applied) => {
-                    failures = 0;
-                    if applied > 0 {
-                        continue;
-                    }
-                    if woken { SECOND_LOOK } else { POLL }
-                }
-                Err(e) => {
-                    failures += 1;
-                    let backoff = POLL * 2u32.pow(failures.min(5));
-                    warn!(error = %e, ?backoff, "the order read model could not catch up; retrying");
-                    backoff
-                }
-            };
-            woken = tokio::select! {
-                _ = self.wake.notified() => true,
-                _ = tokio::time::sleep(pause) => false,
-                _ = shutdown.cancelled() => false,
-            };
-        }
-    }
-
-    async fn apply_batch(&self) -> store::Result<usize> {
-        let from = *self.position.borrow();
-        let projection::CaughtUp { applied, position } =
-            projection::apply_batch(self.db.as_ref(), &OrderViews, BATCH, from).await?;
-        self.position.send_if_modified(|p| {
-            let changed = *p != position;
-            *p = position;
-            changed
-        });
-        metrics::gauge!("weir_orders_read_model_position").set(position as f64);
-        if applied > 0 {
-            debug!(applied, position, "order read model applied a batch");
-        }
-        Ok(applied)
-    }
 }

@@ -15,7 +15,10 @@ use weir_core::{
     },
 };
 
-use crate::domain::{Order, OrderEvent};
+use crate::{
+    domain::{Order, OrderEvent},
+    read_model::OrderViews,
+};
 
 /// The service's tables; the same SQL runs on SQLite and PostgreSQL.
 pub const MIGRATIONS: &[Migration] =
@@ -67,16 +70,18 @@ pub async fn load(tx: &mut dyn Transaction, order_id: Uuid) -> store::Result<Opt
     Ok(Order::replay(&history).map(|order| (order, version)))
 }
 
-/// Appends `events` to the order's stream inside `tx`, if the stream is at `expected`; returns
-/// the global position of the last one (what the read model must pass to show them).
+/// Appends `events` to the order's stream inside `tx`, if the stream is at `expected`, and
+/// applies them to the read model in the same transaction.
 pub async fn record(
     tx: &mut dyn Transaction,
     dialect: Dialect,
     order_id: Uuid,
     expected: ExpectedVersion,
     events: &[Event],
-) -> store::Result<i64> {
-    Ok(event_store::append(tx, dialect, &stream(order_id), expected, events).await?.position)
+) -> store::Result<()> {
+    let stream = stream(order_id);
+    let appended = event_store::append(tx, dialect, &stream, expected, events).await?;
+    OrderViews::apply_appended(tx, &stream, events, appended.position).await
 }
 
 /// The current price of each of `products` that inventory has published.
