@@ -10,6 +10,7 @@
 //! ```
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -270,6 +271,24 @@ pub async fn inbox_deduplicates_within_transactions(factory: &dyn DatabaseFactor
     assert_eq!(inbox::prune(db.as_ref(), store::now_millis() - 60_000).await.unwrap(), 0, "nothing is old enough");
     assert_eq!(inbox::prune(db.as_ref(), store::now_millis() + 1000).await.unwrap(), 2);
     assert!(!inbox::contains(db.as_ref(), "payments", id).await.unwrap());
+}
+
+pub async fn inbox_records_many_at_once(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let (seen, new, twice) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::record(tx.as_mut(), "payments", seen).await.unwrap());
+    tx.commit().await.unwrap();
+
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::record_many(tx.as_mut(), "payments", &[]).await.unwrap().is_empty());
+    let fresh = inbox::record_many(tx.as_mut(), "payments", &[seen, new, twice, twice]).await.unwrap();
+    assert_eq!(fresh, HashSet::from([new, twice]), "the one seen before is a duplicate; one listed twice is new once");
+    let again = inbox::record_many(tx.as_mut(), "payments", &[new, twice]).await.unwrap();
+    assert!(again.is_empty(), "recorded within the transaction: {again:?}");
+    assert_eq!(inbox::record_many(tx.as_mut(), "inventory", &[seen]).await.unwrap(), HashSet::from([seen]));
+    drop(tx);
+    assert!(!inbox::contains(db.as_ref(), "payments", new).await.unwrap(), "rolled back with its transaction");
 }
 
 pub async fn inbox_pruning_goes_on_chunk_by_chunk(factory: &dyn DatabaseFactory) {
@@ -549,7 +568,7 @@ macro_rules! store_conformance_tests {
             event_store_appends_and_reads, event_store_detects_conflicts,
             event_store_positions_follow_commit_order, snapshots_keep_the_newest,
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
-            inbox_deduplicates_within_transactions, inbox_pruning_goes_on_chunk_by_chunk,
+            inbox_deduplicates_within_transactions, inbox_records_many_at_once, inbox_pruning_goes_on_chunk_by_chunk,
             projections_checkpoint_and_rebuild, projections_apply_each_event_once_under_concurrent_runners,
             sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
             the_relay_deletes_published_rows_soon_and_misses_no_late_commit,

@@ -87,6 +87,7 @@ use futures::{FutureExt, future::join_all};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, info_span, warn};
+use uuid::Uuid;
 
 pub use self::{dead_letter::Reason, retry::RetryPolicy};
 use crate::{
@@ -575,16 +576,30 @@ impl Shared {
                 break;
             }
             let mut tx = self.kernel.db.begin().await?;
+            let pending: Vec<usize> = (0..items.len()).filter(|i| results[*i].is_none()).collect();
+            let ids: Vec<Uuid> = pending.iter().map(|&i| items[i].event.id).collect();
+            // The batch's inbox records in one statement; an event delivered twice within the
+            // batch runs once, at its first occurrence.
+            let mut fresh = inbox::record_many(tx.as_mut(), &route.group, &ids).await?;
             let mut applied = Vec::new();
+            let mut outputs = Vec::new();
             let mut failed = None;
-            for (i, item) in items.iter().enumerate().filter(|(i, _)| results[*i].is_none()) {
+            for &i in &pending {
+                let item = &items[i];
+                if !fresh.remove(&item.event.id) {
+                    applied.push((i, Outcome::Duplicate));
+                    continue;
+                }
                 let prepared = values[i].as_deref();
-                let outcome = self
-                    .guarded(self.apply(route, &item.event, item.delivery.attempt, prepared, tx.as_mut()))
+                let handled = self
+                    .guarded(self.run_handler(route, &item.event, item.delivery.attempt, prepared, tx.as_mut()))
                     .instrument(item.span.clone())
                     .await;
-                match outcome {
-                    Ok(outcome) => applied.push((i, outcome)),
+                match handled {
+                    Ok(out) => {
+                        outputs.extend(out);
+                        applied.push((i, Outcome::Handled));
+                    }
                     Err(e) => {
                         failed = Some((i, e));
                         break;
@@ -597,11 +612,14 @@ impl Shared {
                 results[i] = Some(Err(e));
                 continue;
             }
+            // Every output of the batch in one insert per topic.
+            let any_output = !outputs.is_empty();
+            self.enqueue(tx.as_mut(), outputs).await?;
             tx.commit().await?;
-            if applied.iter().any(|(_, (_, output))| *output) {
+            if any_output {
                 self.kernel.outbox.wake();
             }
-            for (i, (outcome, _)) in applied {
+            for (i, outcome) in applied {
                 results[i] = Some(Ok(outcome));
             }
             break;
@@ -690,21 +708,40 @@ impl Shared {
         if !inbox::record(tx, &route.group, event.id).await? {
             return Ok((Outcome::Duplicate, false));
         }
-        let dialect = self.kernel.db.dialect();
-        let outputs = {
-            let mut ctx =
-                Context { topic: &route.topic, group: &route.group, attempt, dialect, tx: &mut *tx, prepared };
-            route.handler.handle(event, &mut ctx).await?
-        };
+        let outputs = self.run_handler(route, event, attempt, prepared, tx).await?;
         let any_output = !outputs.is_empty();
-        let outputs = outputs.into_iter().map(|Outgoing { topic, event: out }| {
-            let out = if out.causation_id.is_none() { out.caused_by(event) } else { out };
-            (topic, out)
-        });
+        self.enqueue(tx, outputs).await?;
+        Ok((Outcome::Handled, any_output))
+    }
+
+    /// Inside `tx`, for an event the inbox has just recorded: the handler, and its outputs by
+    /// topic, each caused by the event unless it names its own cause.
+    async fn run_handler(
+        &self,
+        route: &Route,
+        event: &Event,
+        attempt: u32,
+        prepared: Option<&(dyn Any + Send + Sync)>,
+        tx: &mut dyn Transaction,
+    ) -> Result<Vec<(String, Event)>, HandlerError> {
+        let dialect = self.kernel.db.dialect();
+        let mut ctx = Context { topic: &route.topic, group: &route.group, attempt, dialect, tx, prepared };
+        let outputs = route.handler.handle(event, &mut ctx).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|Outgoing { topic, event: out }| {
+                let out = if out.causation_id.is_none() { out.caused_by(event) } else { out };
+                (topic, out)
+            })
+            .collect())
+    }
+
+    /// Writes `outputs` to the outbox inside `tx`, one insert per topic.
+    async fn enqueue(&self, tx: &mut dyn Transaction, outputs: Vec<(String, Event)>) -> Result<(), HandlerError> {
         for (topic, events) in group_by_topic(outputs) {
             self.kernel.outbox.enqueue(tx, &topic, events).await?;
         }
-        Ok((Outcome::Handled, any_output))
+        Ok(())
     }
 
     async fn dead_letter(&self, route: &Route, delivery: Delivery, reason: Reason) -> Outcome {

@@ -1,11 +1,13 @@
 //! The inbox: which events a consumer has handled. Recording happens in the same transaction
 //! as the handler's effect, so a duplicate delivery finds the record and has no second effect.
 
+use std::{collections::HashSet, fmt::Write as _};
+
 use uuid::Uuid;
 
 use crate::{
-    db::{Database, Transaction},
-    store::{Result, now_millis},
+    db::{Database, Transaction, Value},
+    store::{Error, Result, now_millis},
 };
 
 /// Records that `consumer` handles `event_id`; `false` if it already did (a duplicate).
@@ -18,6 +20,29 @@ pub async fn record(tx: &mut dyn Transaction, consumer: &str, event_id: Uuid) ->
         )
         .await?;
     Ok(inserted == 1)
+}
+
+/// Records that `consumer` handles each of `event_ids`, in one statement (one round trip to a
+/// database server, however many); returns the ids not recorded before. An id listed twice is
+/// returned once: the caller handles its first occurrence and takes the others for duplicates.
+pub async fn record_many(tx: &mut dyn Transaction, consumer: &str, event_ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+    if event_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut sql = String::from("INSERT INTO weir_inbox (consumer, event_id, handled_at) VALUES ");
+    let mut params: Vec<Value> = Vec::with_capacity(event_ids.len() + 2);
+    params.extend([consumer.into(), now_millis().into()]);
+    for (i, id) in event_ids.iter().enumerate() {
+        let separator = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{separator}($1, ${}, $2)", i + 3);
+        params.push(id.to_string().into());
+    }
+    sql.push_str(" ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id");
+    tx.query(&sql, &params)
+        .await?
+        .iter()
+        .map(|row| Uuid::parse_str(row.text(0)?).map_err(|e| Error::Db(crate::db::Error::Decode(e.to_string()))))
+        .collect()
 }
 
 /// Whether `consumer` has handled `event_id` (committed data).
