@@ -121,7 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let db = connect("payment-gateway", args.database_url.as_deref(), args.database_pool).await?;
             let gateway = services::start_payment_gateway(db, &args.payment_gateway, args.process.listen).await?;
             info!(url = %gateway.url(), "the simulated payment gateway is up");
-            eprintln!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
+            println!("\n  Payment gateway (simulated): {}\n  Press Ctrl-C to stop.\n", gateway.url());
             let outcome = runtime::supervise(tasks, &shutdown).await;
             gateway.stop().await;
             outcome
@@ -186,7 +186,8 @@ async fn serve_http(
     let url = format!("http://{}", listener.local_addr()?);
     info!(%url, service = name, "serving");
     let grpc = grpc.map(|addr| format!("  gRPC:     http://{addr}\n")).unwrap_or_default();
-    eprintln!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n{grpc}  Press Ctrl-C to stop.\n");
+    // On stdout: the log on stderr stays one JSON object per line when it goes to a file.
+    println!("\n  Weir {name} is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n{grpc}  Press Ctrl-C to stop.\n");
     let http_stop = shutdown.clone();
     tasks.spawn(async move { weir_http::app::serve(listener, app, http_stop).await.context("the HTTP server failed") });
     runtime::supervise(tasks, shutdown).await

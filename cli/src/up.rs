@@ -117,7 +117,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listener = args.process.bind().await?;
     let url = format!("http://{}", listener.local_addr()?);
     info!(%url, data_dir = %data.root().display(), "weir is up");
-    eprintln!(
+    // On stdout: the log on stderr stays one JSON object per line when it goes to a file.
+    println!(
         "\n  Weir is up.\n  API:      {url}/v1\n  Docs:     {url}/docs\n  Metrics:  {url}/metrics\n  gRPC:     {grpc_url}  (classification; try `weir classify 'some text'`)\n  Payment gateway (simulated): {gateway_url}\n  Data:     {}\n  Press Ctrl-C to stop.\n",
         data.root().display()
     );

@@ -243,10 +243,11 @@ async fn every_log_line_about_an_order_carries_its_trace_id() {
     let mut groups = std::collections::BTreeSet::new();
     let mut lines_about_order = 0;
     for line in log.lines() {
+        // Every line, the start-up banner's too: a log shipper takes the whole stream as JSON.
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         if !line.contains(&order_id) {
             continue;
         }
-        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         lines_about_order += 1;
         assert!(line.contains(trace_id), "a line about the order without its trace id: {line}");
         if let Some(group) = find_field(&value, "group") {
