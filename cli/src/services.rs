@@ -78,6 +78,12 @@ pub struct ServiceArgs {
     /// How long the saga waits for a stock reservation, in milliseconds.
     #[arg(long, env = "WEIR_STOCK_TIMEOUT_MS", default_value_t = 10_000)]
     pub stock_timeout_ms: u64,
+    /// Orders that may be pending at once. Past it, `POST /v1/orders` answers 503 with
+    /// `Retry-After` until the pipeline catches up, instead of accepting orders that would
+    /// outwait the saga's timeouts. About a second of `weir up` at full load; behind `weir serve`,
+    /// a few seconds of the throughput you measure. 0: no limit.
+    #[arg(long, env = "WEIR_MAX_PENDING_ORDERS", default_value_t = 2_000)]
+    pub max_pending_orders: u64,
     /// SMTP server (host:port, plain, e.g. a local relay) for email notifications; without it
     /// notifications are in-app only.
     #[arg(long, env = "WEIR_SMTP")]
@@ -156,7 +162,10 @@ async fn build_service(
             ))
         }
         Service::Inventory => built!(weir_inventory::Service::build(kernel, weir_inventory::Config::default())),
-        Service::Orders => built!(weir_orders::Service::build(kernel, weir_orders::Config::default())),
+        Service::Orders => {
+            let config = weir_orders::Config { max_pending: args.max_pending_orders, ..Default::default() };
+            built!(weir_orders::Service::build(kernel, config))
+        }
         Service::Payments => {
             let Some(gateway) = &shared.payment_gateway else {
                 bail!("payments needs the payment gateway's URL: pass --payment-gateway-url");

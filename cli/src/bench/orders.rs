@@ -50,7 +50,13 @@ struct Tally {
     accepted: Vec<(usize, String)>,
     accept_latency: Histogram<u64>,
     errors: BTreeMap<String, u64>,
+    /// Orders refused with 503 because too many were pending (load shedding).
+    shed: u64,
 }
+
+/// The error label of an order refused because too many were pending: its client waits the
+/// second the server's `Retry-After` asks for, then goes on.
+const SHED: &str = "HTTP 503";
 
 pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
     ensure!(args.users > 0 && args.concurrency > 0, "--users and --concurrency must be at least 1");
@@ -74,6 +80,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         accepted: Vec::new(),
         accept_latency: latency_histogram(),
         errors: BTreeMap::new(),
+        shed: 0,
     }));
     let bar = progress(args.rate.map_or(0, |r| r * args.seconds), "placing orders");
     let peak_rss = Arc::new(AtomicU64::new(idle_rss.unwrap_or(0)));
@@ -109,22 +116,29 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
                 let sent = Instant::now();
                 let outcome = place(&http, &base, &tokens[user], product).await;
                 let latency = sent.elapsed().as_micros() as u64;
-                let mut tally = tally.lock().expect("not poisoned");
-                match outcome {
-                    Ok(order_id) => {
-                        tally.accept_latency.saturating_record(latency.max(1));
-                        tally.accepted.push((user, order_id));
+                let shed = matches!(&outcome, Err(e) if e == SHED);
+                {
+                    let mut tally = tally.lock().expect("not poisoned");
+                    match outcome {
+                        Ok(order_id) => {
+                            tally.accept_latency.saturating_record(latency.max(1));
+                            tally.accepted.push((user, order_id));
+                        }
+                        Err(_) if shed => tally.shed += 1,
+                        Err(e) => *tally.errors.entry(e).or_default() += 1,
                     }
-                    Err(e) => *tally.errors.entry(e).or_default() += 1,
                 }
                 bar.inc(1);
+                if shed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         });
     }
     while clients.join_next().await.is_some() {}
     let load_time = started.elapsed();
     bar.finish_and_clear();
-    let Tally { accepted, accept_latency, errors } =
+    let Tally { accepted, accept_latency, errors, shed } =
         Arc::try_unwrap(tally).ok().expect("every client finished").into_inner().expect("not poisoned");
 
     // Completion.
@@ -168,6 +182,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         format!("{errors_total} ({})", errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
     };
     out.add_row(["errors".to_owned(), error_text]);
+    out.add_row(["refused with 503, too many pending (the client waits 1 s)".to_owned(), shed.to_string()]);
     let cpu_per_order = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) if !outcomes.is_empty() => {
             format!("{:.2} ms", (after - before) * 1000.0 / outcomes.len() as f64)

@@ -1,7 +1,13 @@
 //! The HTTP API: place an order (the write side, into the event store and the outbox) and read
 //! orders (the read side, from the `order_views` read model).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::{
@@ -41,11 +47,58 @@ struct Inner {
     db: Db,
     outbox: Outbox,
     limits: Limits,
+    admission: Admission,
 }
 
 impl Api {
-    pub fn new(db: Db, outbox: Outbox, limits: Limits) -> Self {
-        Self { inner: Arc::new(Inner { db, outbox, limits }) }
+    pub fn new(db: Db, outbox: Outbox, limits: Limits, max_pending: u64) -> Self {
+        let admission = Admission::new(max_pending);
+        Self { inner: Arc::new(Inner { db, outbox, limits, admission }) }
+    }
+}
+
+/// How long a count of pending orders is trusted before it is taken again.
+const PENDING_COUNT_AGE: Duration = Duration::from_millis(100);
+
+/// Load shedding: past `max_pending` orders still pending, new ones are refused with 503 until
+/// the pipeline catches up. The count comes from the read model (every process of the service
+/// sees the same), at most once per [`PENDING_COUNT_AGE`] per process.
+struct Admission {
+    max_pending: u64,
+    started: Instant,
+    /// The last count, and when it was taken (milliseconds after `started`, plus one; 0: never).
+    pending: AtomicU64,
+    counted_at: AtomicU64,
+}
+
+impl Admission {
+    fn new(max_pending: u64) -> Self {
+        Self { max_pending, started: Instant::now(), pending: AtomicU64::new(0), counted_at: AtomicU64::new(0) }
+    }
+
+    /// Whether a new order may come in; `Err` says why not.
+    async fn admit(&self, db: &dyn weir_core::Database) -> Result<(), Problem> {
+        if self.max_pending == 0 {
+            return Ok(());
+        }
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let counted_at = self.counted_at.load(Ordering::Acquire);
+        let pending = if counted_at == 0 || now - counted_at >= PENDING_COUNT_AGE.as_millis() as u64 {
+            let pending = read_model::pending(db, self.max_pending).await?;
+            self.pending.store(pending, Ordering::Release);
+            self.counted_at.store(now, Ordering::Release);
+            pending
+        } else {
+            self.pending.load(Ordering::Acquire)
+        };
+        if pending < self.max_pending {
+            return Ok(());
+        }
+        metrics::counter!("weir_orders_shed_total").increment(1);
+        Err(Problem::unavailable(format!(
+            "{pending} orders are still being processed, the most this service takes at once; \
+             retry after the Retry-After header's seconds"
+        )))
     }
 }
 
@@ -205,6 +258,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid order; `errors` names each field", body = Problem,
             content_type = "application/problem+json"),
+        (status = 503, description = "Too many orders are still being processed; retry after `Retry-After` seconds",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn create_order(
@@ -233,6 +289,11 @@ async fn create_order(
     let created = domain::place(order_id, user.user_id, &lines, &prices).map_err(invalid)?;
     let mut event = created.to_event();
     event.traceparent = Some(trace.traceparent);
+    if let Err(problem) = api.admission.admit(db).await {
+        let mut response = problem.into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(response);
+    }
 
     let mut tx = api.db.begin().await?;
     if let Some(key) = &key

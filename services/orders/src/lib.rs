@@ -34,11 +34,15 @@ pub struct Config {
     pub max_lines: usize,
     /// Units of one product one line may ask for.
     pub max_quantity: u32,
+    /// Orders that may be pending at once: past it, `POST /v1/orders` answers 503 with
+    /// `Retry-After` until the pipeline catches up, rather than accepting orders that would wait
+    /// past the saga's timeouts. 0: no limit.
+    pub max_pending: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { router: RouterOptions::default(), max_lines: 50, max_quantity: 1000 }
+        Self { router: RouterOptions::default(), max_lines: 50, max_quantity: 1000, max_pending: 2000 }
     }
 }
 
@@ -76,7 +80,7 @@ impl Service {
             info!(applied = caught_up.applied, "order read model caught up");
         }
         let limits = domain::Limits { max_lines: config.max_lines, max_quantity: config.max_quantity };
-        let api = api::Api::new(kernel.db.clone(), kernel.outbox.clone(), limits);
+        let api = api::Api::new(kernel.db.clone(), kernel.outbox.clone(), limits, config.max_pending);
         Ok(Self { kernel, config, api })
     }
 

@@ -172,6 +172,19 @@ pub async fn get(db: &dyn Database, user_id: Uuid, order_id: Uuid) -> db::Result
     rows.first().map(view).transpose()
 }
 
+/// How many orders are pending, counting up to `at_most`. The status is spelled out in the SQL
+/// so that both engines use the partial index of pending orders.
+pub async fn pending(db: &dyn Database, at_most: u64) -> db::Result<u64> {
+    let limit = i64::try_from(at_most).unwrap_or(i64::MAX);
+    let rows = db
+        .query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM order_views WHERE status = 'PENDING' LIMIT $1) AS pending",
+            &[limit.into()],
+        )
+        .await?;
+    Ok(rows.first().map(|r| r.i64(0)).transpose()?.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+}
+
 /// Up to `limit` of `user_id`'s orders, newest first, older than `before` when given.
 ///
 /// Order ids are UUIDv7, whose text form sorts by creation time, so the id is the keyset.

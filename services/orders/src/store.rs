@@ -21,8 +21,13 @@ use crate::{
 };
 
 /// The service's tables; the same SQL runs on SQLite and PostgreSQL.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "prices, idempotency keys, order views", sqlite: SCHEMA, postgres: SCHEMA }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "prices, idempotency keys, order views", sqlite: SCHEMA, postgres: SCHEMA },
+    Migration { version: 2, name: "pending orders", sqlite: PENDING_INDEX, postgres: PENDING_INDEX },
+];
+
+/// Only the orders still pending are in it, so counting them costs what there is to count.
+const PENDING_INDEX: &str = "CREATE INDEX order_views_pending ON order_views (created_at) WHERE status = 'PENDING'";
 
 const SCHEMA: &str = "
     CREATE TABLE prices (

@@ -71,6 +71,10 @@ impl App {
     }
 
     async fn spawn_on(store: Store) -> App {
+        App::spawn_with(store, Config::default()).await
+    }
+
+    async fn spawn_with(store: Store, config: Config) -> App {
         let world = TestWorld::new();
         let kernel = match store {
             Store::Sqlite => world.kernel("orders").await,
@@ -79,7 +83,7 @@ impl App {
                 world.postgres_kernel_with(weir_store_postgres::Options { pool_size: 1, ..Default::default() }).await
             }
         };
-        let service = Service::build(kernel.clone(), Config::default()).await.expect("the service builds");
+        let service = Service::build(kernel.clone(), config).await.expect("the service builds");
         let (router, _openapi) = service.routes().split_for_parts();
         let (url, stop) = serve(router, &world.tokens).await;
         let running = stop.clone();
@@ -697,6 +701,40 @@ async fn the_read_model_is_current_at_once_and_caught_up_at_start() {
     Service::build(app.kernel.clone(), Config::default()).await.expect("the service builds again");
     assert_eq!(app.order(&token, placed).await["status"], "PENDING");
     assert_eq!(checkpoints::load(db, OrderViews::NAME).await.unwrap(), last);
+}
+
+/// Past `max_pending` orders still pending, a new order is refused with a 503 problem and
+/// `Retry-After`, and nothing is written; once one is decided, orders come in again.
+#[tokio::test]
+async fn past_its_limit_of_pending_orders_the_service_sheds_load() {
+    // Spawning leaves one pending order per catalog product (4); one more fills the limit.
+    let app = App::spawn_with(Store::Sqlite, Config { max_pending: 5, ..Config::default() }).await;
+    let token = app.token(Uuid::now_v7());
+    let line = json!({"items": [{"product_id": app.catalog.apple, "quantity": 1}]});
+    let db = app.kernel.db.as_ref();
+    let views = || async { db.query("SELECT COUNT(*) FROM order_views", &[]).await.unwrap()[0].i64(0).unwrap() };
+
+    // The count is taken again at most every 100 ms, so a few more may get in first.
+    let refused = app
+        .eventually(|| async {
+            let response = app.place(&token, &line).await;
+            (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+        })
+        .await;
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+    let problem = assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().unwrap().contains("retry"), "{problem}");
+    let before = views().await;
+    assert_eq!(app.place(&token, &line).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(views().await, before, "a refused order writes nothing");
+
+    // Once the saga decides them, orders come in again.
+    let pending = db.query("SELECT order_id FROM order_views WHERE status = 'PENDING'", &[]).await.unwrap();
+    for row in &pending {
+        let order_id = Uuid::parse_str(row.text(0).unwrap()).unwrap();
+        app.world.publish("saga", &CompleteOrder { order_id }).await;
+    }
+    app.eventually(|| async { (app.place(&token, &line).await.status() == StatusCode::ACCEPTED).then_some(()) }).await;
 }
 
 /// The same service on PostgreSQL: its event store (appends, optimistic concurrency), the read
