@@ -2,10 +2,7 @@
 //! orders (the read side, from the `order_views` read model).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -65,15 +62,13 @@ const PENDING_COUNT_AGE: Duration = Duration::from_millis(100);
 /// sees the same), at most once per [`PENDING_COUNT_AGE`] per process.
 struct Admission {
     max_pending: u64,
-    started: Instant,
-    /// The last count, and when it was taken (milliseconds after `started`, plus one; 0: never).
-    pending: AtomicU64,
-    counted_at: AtomicU64,
+    /// The last count, and when it was taken.
+    last: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Admission {
     fn new(max_pending: u64) -> Self {
-        Self { max_pending, started: Instant::now(), pending: AtomicU64::new(0), counted_at: AtomicU64::new(0) }
+        Self { max_pending, last: Mutex::new(None) }
     }
 
     /// Whether a new order may come in; `Err` says why not.
@@ -81,15 +76,14 @@ impl Admission {
         if self.max_pending == 0 {
             return Ok(());
         }
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
-        let counted_at = self.counted_at.load(Ordering::Acquire);
-        let pending = if counted_at == 0 || now - counted_at >= PENDING_COUNT_AGE.as_millis() as u64 {
-            let pending = read_model::pending(db, self.max_pending).await?;
-            self.pending.store(pending, Ordering::Release);
-            self.counted_at.store(now, Ordering::Release);
-            pending
-        } else {
-            self.pending.load(Ordering::Acquire)
+        let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending = match last {
+            Some((at, pending)) if at.elapsed() < PENDING_COUNT_AGE => pending,
+            _ => {
+                let pending = read_model::pending(db, self.max_pending).await?;
+                *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), pending));
+                pending
+            }
         };
         if pending < self.max_pending {
             return Ok(());
