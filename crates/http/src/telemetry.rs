@@ -144,12 +144,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_lines_inside_a_request_span_carry_its_trace_id() {
+    /// What the JSON lines layer writes while `log` runs.
+    fn logged(log: impl FnOnce()) -> String {
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn json_lines_inside_a_request_span_carry_its_trace_id() {
+        let text = logged(|| {
             let request =
                 tracing::info_span!("request", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", request_id = "r-1");
             let _request = request.enter();
@@ -158,7 +164,6 @@ mod tests {
             let _inner = inner.enter();
             tracing::info!("deeper");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["message"], "in the handler");
@@ -175,17 +180,13 @@ mod tests {
 
     #[test]
     fn json_lines_hold_every_kind_of_field_escaped() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        let text = logged(|| {
             let span = tracing::info_span!("handle", topic = "orders", attempt = tracing::field::Empty);
             span.record("attempt", 2);
             let _entered = span.enter();
             let error = std::io::Error::other("disk \"full\"\nretry");
             tracing::warn!(error = %error, ratio = 0.5, nan = f64::NAN, ok = true, delta = -3, "it {} failed", "really");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["message"], "it really failed");

@@ -12,14 +12,7 @@ use crate::{
 
 /// Records that `consumer` handles `event_id`; `false` if it already did (a duplicate).
 pub async fn record(tx: &mut dyn Transaction, consumer: &str, event_id: Uuid) -> Result<bool> {
-    let inserted = tx
-        .execute(
-            "INSERT INTO weir_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3)
-             ON CONFLICT (consumer, event_id) DO NOTHING",
-            &[consumer.into(), event_id.to_string().into(), now_millis().into()],
-        )
-        .await?;
-    Ok(inserted == 1)
+    Ok(!record_many(tx, consumer, &[event_id]).await?.is_empty())
 }
 
 /// Records that `consumer` handles each of `event_ids`, in one statement (one round trip to a

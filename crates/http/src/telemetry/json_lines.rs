@@ -111,6 +111,11 @@ impl Members<'_> {
         push_str(self.0, field.name());
         self.0.push(':');
     }
+
+    fn integer(&mut self, field: &Field, value: impl itoa::Integer) {
+        self.key(field);
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
 }
 
 impl Visit for Members<'_> {
@@ -125,23 +130,19 @@ impl Visit for Members<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
