@@ -51,23 +51,27 @@ pub async fn append(
     expected: ExpectedVersion,
     events: &[Event],
 ) -> Result<Appended> {
-    if dialect == Dialect::Postgres {
-        tx.query("SELECT pg_advisory_xact_lock(7365726980)", &[]).await?;
-    }
-    let current = tx
-        .query("SELECT COALESCE(MAX(version), 0) FROM weir_events WHERE stream = $1", &[stream.into()])
-        .await?
-        .first()
-        .map(|r| r.i64(0))
-        .transpose()?
-        .unwrap_or(0);
-    let ok = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => current == 0,
-        ExpectedVersion::Exact(v) => current == v,
+    // The ordering lock is held until commit, so everything that can happen before it does: an
+    // expected version is checked first (a writer that appends in between makes our INSERT hit
+    // the unique (stream, version) key: a conflict), and a new stream is not read at all (its
+    // first event is version 1, which that key refuses if the stream exists). Only `Any`, which
+    // takes whatever version is there, must read it under the lock.
+    let current = match expected {
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(v) => {
+            let current = version(tx, stream).await?;
+            if current != v {
+                return Err(conflict(stream, expected, Some(current)));
+            }
+            current
+        }
+        ExpectedVersion::Any => {
+            order_lock(tx, dialect).await?;
+            version(tx, stream).await?
+        }
     };
-    if !ok {
-        return Err(conflict(stream, expected, current));
+    if expected != ExpectedVersion::Any {
+        order_lock(tx, dialect).await?;
     }
     // One multi-row INSERT per chunk: far fewer round trips and statement executions than a
     // statement per event, which matters because appends hold the ordering lock.
@@ -94,7 +98,7 @@ pub async fn append(
         sql.push_str(" RETURNING position");
         let rows = tx.query(&sql, &params).await.map_err(|e| match e {
             // A concurrent writer got in between our read and our insert.
-            crate::db::Error::UniqueViolation(_) => conflict(stream, expected, current),
+            crate::db::Error::UniqueViolation(_) => conflict(stream, expected, None),
             other => other.into(),
         })?;
         for row in rows {
@@ -104,7 +108,26 @@ pub async fn append(
     Ok(Appended { version: current + events.len() as i64, position })
 }
 
-fn conflict(stream: &str, expected: ExpectedVersion, actual: i64) -> Error {
+/// On PostgreSQL, makes commit order equal position order (see the module's invariant).
+async fn order_lock(tx: &mut dyn Transaction, dialect: Dialect) -> Result<()> {
+    if dialect == Dialect::Postgres {
+        tx.query("SELECT pg_advisory_xact_lock(7365726980)", &[]).await?;
+    }
+    Ok(())
+}
+
+/// The stream's version: that of its last event, 0 if it has none.
+async fn version(tx: &mut dyn Transaction, stream: &str) -> Result<i64> {
+    Ok(tx
+        .query("SELECT COALESCE(MAX(version), 0) FROM weir_events WHERE stream = $1", &[stream.into()])
+        .await?
+        .first()
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+fn conflict(stream: &str, expected: ExpectedVersion, actual: Option<i64>) -> Error {
     Error::Conflict { what: format!("stream {stream}"), expected: format!("{expected:?}"), actual }
 }
 

@@ -25,8 +25,11 @@ use crate::db::{self, Database, Migration};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Optimistic concurrency: someone else wrote first.
-    #[error("conflict on {what}: expected version {expected}, found {actual}")]
-    Conflict { what: String, expected: String, actual: i64 },
+    /// `actual` is the version found, or `None` when a concurrent writer got in between the
+    /// check and the write.
+    #[error("conflict on {what}: expected version {expected}, {}",
+        .actual.map_or_else(|| "but a concurrent writer got there first".to_owned(), |v| format!("found {v}")))]
+    Conflict { what: String, expected: String, actual: Option<i64> },
     #[error(transparent)]
     Db(#[from] db::Error),
     #[error("stored event is unreadable: {0}")]

@@ -68,7 +68,7 @@ pub async fn save(
         return Err(Error::Conflict {
             what: format!("saga {saga_type}/{id}"),
             expected: expected.to_string(),
-            actual: -1,
+            actual: None,
         });
     }
     Ok(expected + 1)
