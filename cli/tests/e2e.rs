@@ -296,3 +296,32 @@ async fn bench_orders_prints_its_table() {
     assert!(cpu > 0.0, "{table}");
     assert!(value("RSS idle").ends_with("MiB"), "{table}");
 }
+
+/// Load shedding as the benchmark meets it: refusals (503 with `Retry-After`) are counted apart
+/// from errors, and the client waits before it tries again, so it does not hammer the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_orders_counts_refusals_apart_from_errors() {
+    let (_dir, data) = data_dir();
+    let weir = Weir::start(&data, &["--max-pending-orders", "1"]).await;
+    let url = weir.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["bench", "orders", "--url", &url, "--users", "2", "--concurrency", "8", "--seconds", "2"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}\n{}", String::from_utf8_lossy(&output.stderr));
+    let value = |measure: &str| -> u64 {
+        let line = table.lines().find(|l| l.contains(measure)).unwrap_or_else(|| panic!("no {measure:?} in\n{table}"));
+        line.rsplit('┆').next().unwrap().trim_matches(|c: char| c == '│' || c.is_whitespace()).parse().unwrap()
+    };
+    let refused = value("refused with 503");
+    assert!(refused > 0, "one order pending at most: eight clients are refused: {table}");
+    // Each refusal costs its client the 1 s the server asks for: two seconds of eight clients
+    // cannot be refused more than about sixteen times.
+    assert!(refused <= 24, "the clients waited their Retry-After: {table}");
+    assert_eq!(value("errors"), 0, "{table}");
+}

@@ -22,6 +22,7 @@ use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use hdrhistogram::Histogram;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::{latency_histogram, ms, per_second, progress, table};
@@ -54,9 +55,14 @@ struct Tally {
     shed: u64,
 }
 
-/// The error label of an order refused because too many were pending: its client waits the
-/// second the server's `Retry-After` asks for, then goes on.
-const SHED: &str = "HTTP 503";
+/// Why an order was not placed.
+pub(super) enum NotPlaced {
+    /// `503` because too many orders were pending (load shedding): the client waits what the
+    /// server's `Retry-After` asks for (1 s if it names no number of seconds), then goes on.
+    Shed(Duration),
+    /// Anything else, as a short label for the error table.
+    Failed(String),
+}
 
 pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
     ensure!(args.users > 0 && args.concurrency > 0, "--users and --concurrency must be at least 1");
@@ -116,7 +122,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
                 let sent = Instant::now();
                 let outcome = place(&http, &base, &tokens[user], product).await;
                 let latency = sent.elapsed().as_micros() as u64;
-                let shed = matches!(&outcome, Err(e) if e == SHED);
+                let mut wait = None;
                 {
                     let mut tally = tally.lock().expect("not poisoned");
                     match outcome {
@@ -124,13 +130,16 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
                             tally.accept_latency.saturating_record(latency.max(1));
                             tally.accepted.push((user, order_id));
                         }
-                        Err(_) if shed => tally.shed += 1,
-                        Err(e) => *tally.errors.entry(e).or_default() += 1,
+                        Err(NotPlaced::Shed(retry_after)) => {
+                            tally.shed += 1;
+                            wait = Some(retry_after);
+                        }
+                        Err(NotPlaced::Failed(e)) => *tally.errors.entry(e).or_default() += 1,
                     }
                 }
                 bar.inc(1);
-                if shed {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
                 }
             }
         });
@@ -182,7 +191,7 @@ pub async fn run(args: OrdersArgs) -> anyhow::Result<()> {
         format!("{errors_total} ({})", errors.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
     };
     out.add_row(["errors".to_owned(), error_text]);
-    out.add_row(["refused with 503, too many pending (the client waits 1 s)".to_owned(), shed.to_string()]);
+    out.add_row(["refused with 503, too many pending (the client waits its Retry-After)".to_owned(), shed.to_string()]);
     let cpu_per_order = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) if !outcomes.is_empty() => {
             format!("{:.2} ms", (after - before) * 1000.0 / outcomes.len() as f64)
@@ -240,20 +249,30 @@ pub(super) async fn plentiful_products(http: &reqwest::Client, base: &str) -> an
     Ok(products)
 }
 
-/// Places one order; the error is a short label for the error table.
-pub(super) async fn place(http: &reqwest::Client, base: &str, token: &str, product: &str) -> Result<String, String> {
+/// Places one order.
+pub(super) async fn place(http: &reqwest::Client, base: &str, token: &str, product: &str) -> Result<String, NotPlaced> {
+    let failed = |label: &str| NotPlaced::Failed(label.to_owned());
     let response = http
         .post(format!("{base}/v1/orders"))
         .bearer_auth(token)
         .json(&json!({ "items": [{ "product_id": product, "quantity": 1 }] }))
         .send()
         .await
-        .map_err(|e| if e.is_timeout() { "timeout".to_owned() } else { "connection".to_owned() })?;
-    if response.status() != 202 {
-        return Err(format!("HTTP {}", response.status().as_u16()));
+        .map_err(|e| failed(if e.is_timeout() { "timeout" } else { "connection" }))?;
+    match response.status() {
+        StatusCode::ACCEPTED => {}
+        StatusCode::SERVICE_UNAVAILABLE => return Err(NotPlaced::Shed(retry_after(response.headers()))),
+        status => return Err(NotPlaced::Failed(format!("HTTP {}", status.as_u16()))),
     }
-    let body: Value = response.json().await.map_err(|_| "bad body".to_owned())?;
-    body["order_id"].as_str().map(str::to_owned).ok_or_else(|| "no order_id".to_owned())
+    let body: Value = response.json().await.map_err(|_| failed("bad body"))?;
+    body["order_id"].as_str().map(str::to_owned).ok_or_else(|| failed("no order_id"))
+}
+
+/// The wait a `Retry-After` header asks for in seconds (its HTTP-date form is not used by Weir),
+/// 1 s if it is missing or unreadable.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let seconds = headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    Duration::from_secs(seconds.unwrap_or(1).clamp(1, 60))
 }
 
 struct Outcome {
