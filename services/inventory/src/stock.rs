@@ -14,6 +14,14 @@
 //!   the retry sees the winner's state.
 //! - The schema's CHECK constraints refuse any row where `initial != available + reserved + sold`
 //!   or a count is negative: a bug here fails the transaction instead of losing stock.
+//!
+//! # Locks
+//! Every stock move locks its products' rows until commit, and a shop's popular products are in
+//! most orders, so the three consumers say they lock shared rows
+//! ([`Handler::locks_shared_rows`]): on PostgreSQL each delivery then runs in a transaction of
+//! its own instead of a batch that would hold the rows across all its messages. They lock
+//! products in one order — by product id (`merge_lines`, and the reservations read back
+//! `ORDER BY product_id`) — so concurrent deliveries never deadlock.
 
 use async_trait::async_trait;
 use tracing::{debug, info, warn};
@@ -96,6 +104,11 @@ pub struct Payments;
 
 #[async_trait]
 impl Handler for Payments {
+    /// See "Locks" in the module documentation.
+    fn locks_shared_rows(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, kind: &str) -> bool {
         kind == PaymentSuccessful::KIND
     }
@@ -212,6 +225,11 @@ pub struct Commands;
 
 #[async_trait]
 impl Handler for Commands {
+    /// See "Locks" in the module documentation.
+    fn locks_shared_rows(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let Some(command) = ReleaseStock::decode(event) else {
             warn!(event_type = %event.kind, "ignoring an unknown command");
@@ -289,6 +307,11 @@ pub struct Orders;
 
 #[async_trait]
 impl Handler for Orders {
+    /// See "Locks" in the module documentation.
+    fn locks_shared_rows(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, kind: &str) -> bool {
         kind == OrderCompleted::KIND
     }
