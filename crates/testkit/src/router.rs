@@ -166,6 +166,8 @@ pub struct Recorder {
     pub sleep: Duration,
     pub running: Arc<AtomicUsize>,
     pub max_running: Arc<AtomicUsize>,
+    /// What [`Handler::locks_contended_rows`] answers.
+    pub contended: bool,
 }
 
 impl Recorder {
@@ -179,12 +181,17 @@ impl Recorder {
             sleep: Duration::ZERO,
             running: Arc::default(),
             max_running: Arc::default(),
+            contended: false,
         }
     }
 }
 
 #[async_trait]
 impl Handler for Recorder {
+    fn locks_contended_rows(&self) -> bool {
+        self.contended
+    }
+
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;

@@ -18,7 +18,7 @@
 //! # Locks
 //! Every stock move locks its products' rows until commit, and a shop's popular products are in
 //! most orders, so the three consumers say they lock shared rows
-//! ([`Handler::locks_shared_rows`]): on PostgreSQL each delivery then runs in a transaction of
+//! ([`Handler::locks_contended_rows`]): on PostgreSQL each delivery then runs in a transaction of
 //! its own instead of a batch that would hold the rows across all its messages. They lock
 //! products in one order — by product id (`merge_lines`, and the reservations read back
 //! `ORDER BY product_id`) — so concurrent deliveries never deadlock.
@@ -105,7 +105,7 @@ pub struct Payments;
 #[async_trait]
 impl Handler for Payments {
     /// See "Locks" in the module documentation.
-    fn locks_shared_rows(&self) -> bool {
+    fn locks_contended_rows(&self) -> bool {
         true
     }
 
@@ -226,7 +226,7 @@ pub struct Commands;
 #[async_trait]
 impl Handler for Commands {
     /// See "Locks" in the module documentation.
-    fn locks_shared_rows(&self) -> bool {
+    fn locks_contended_rows(&self) -> bool {
         true
     }
 
@@ -308,7 +308,7 @@ pub struct Orders;
 #[async_trait]
 impl Handler for Orders {
     /// See "Locks" in the module documentation.
-    fn locks_shared_rows(&self) -> bool {
+    fn locks_contended_rows(&self) -> bool {
         true
     }
 

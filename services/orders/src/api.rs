@@ -308,11 +308,13 @@ async fn create_order(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    // The outbox row first: on PostgreSQL the append takes the event store's ordering lock,
-    // held until commit, so it comes last.
-    api.outbox.enqueue(tx.as_mut(), topics::ORDERS, vec![event.clone()]).await?;
     store::record(tx.as_mut(), api.db.dialect(), order_id, ExpectedVersion::NoStream, std::slice::from_ref(&event))
         .await?;
+    // After the append: on PostgreSQL its ordering lock then also orders the outbox rows'
+    // sequence numbers by commit, and the relay, which reads past the highest one it has
+    // published, finds none committed behind it (a row first enqueued here was skipped until the
+    // relay's next full pass, up to two seconds late).
+    api.outbox.enqueue(tx.as_mut(), topics::ORDERS, vec![event]).await?;
     api.outbox.commit(tx).await?;
     metrics::counter!("weir_orders_created_total").increment(1);
     info!(order_id = %order_id, lines = lines.len(), "order placed");

@@ -86,6 +86,11 @@ fn outgoing(command: Command, order_id: Uuid, cause: &Event) -> Outgoing {
 
 #[async_trait]
 impl Handler for SagaHandler {
+    /// An order's instance and timer are locked by deliveries from three topics.
+    fn locks_contended_rows(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, kind: &str) -> bool {
         INPUT_KINDS.contains(&kind)
     }

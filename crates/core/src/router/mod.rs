@@ -58,12 +58,15 @@
 //! until each commit's fsync, and their locks, taken in different orders, deadlock: behind a
 //! burst of orders sixty-four concurrent small batches reserved stock at a few per second. One
 //! at a time, the batch grows with the backlog and one commit settles it, as SQLite's group
-//! commit does. But a batch holds its locks until that commit, so where most messages lock the
-//! same rows (a popular product's stock) the next batch, and the route's other transactions,
-//! wait out all of its round trips: a handler that says so ([`Handler::locks_shared_rows`]) is
-//! not batched on PostgreSQL, and its deliveries run concurrently, one transaction each, holding
-//! the shared rows for a statement and a commit (stock reservations went from ~80 to ~160
-//! orders/s in the README's scale-out deployment). Routes without batching (long `prepare` steps
+//! commit does. But a batch holds its locks until that commit, so where concurrent deliveries
+//! lock the same rows (a popular product's stock; an order's saga instance, which deliveries
+//! from three topics update) the next batch and the other routes' batches wait out all of its
+//! round trips, and batches that lock such rows in different orders deadlock. A handler that
+//! says so ([`Handler::locks_contended_rows`]) is not batched on PostgreSQL: its deliveries run
+//! concurrently, one transaction each, holding the rows for a statement and a commit. In the
+//! README's scale-out deployment, with inventory and the saga so, the ceiling went from ~80 to
+//! ~190 orders/s and the deadlocks PostgreSQL logged (each costing a second) stopped. Routes
+//! without batching (long `prepare` steps
 //! such as OCR) keep their concurrency.
 //!
 //! Order per key comes from the transport: it hands out a key's next message only after the
@@ -223,13 +226,15 @@ pub trait Handler: Send + Sync + 'static {
 
     async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError>;
 
-    /// Whether [`handle`](Self::handle) locks rows that most deliveries share — a popular
-    /// product's stock, say. On PostgreSQL a batch holds every lock it takes until its commit,
-    /// across all its messages' round trips, so such a route does not batch there: each
-    /// delivery gets a transaction of its own and holds the shared rows for a statement and a
-    /// commit (see "Batching" above). The handler must then take shared rows in one order (by
-    /// key), or concurrent deliveries deadlock. SQLite, with one writer, batches regardless.
-    fn locks_shared_rows(&self) -> bool {
+    /// Whether [`handle`](Self::handle) locks rows that concurrent deliveries also lock — a
+    /// popular product's stock, or one order's saga instance, which three topics' deliveries
+    /// update. On PostgreSQL a batch holds every lock it takes until its commit, across all its
+    /// messages' round trips, and two batches that lock the same rows in different orders
+    /// deadlock (found only after `deadlock_timeout`, a second), so such a route does not batch
+    /// there: each delivery gets a transaction of its own and holds the rows for a statement
+    /// and a commit (see "Batching" above). The handler must take several contended rows in one
+    /// order (by key). SQLite, with one writer, batches regardless.
+    fn locks_contended_rows(&self) -> bool {
         false
     }
 }
@@ -398,7 +403,7 @@ impl Router {
             let (shared, permits, shutdown) = (shared.clone(), permits.clone(), shutdown.clone());
             // See "Batching" above.
             let batch_size =
-                if postgres && route.handler.locks_shared_rows() { 1 } else { shared.options.batch.max(1) };
+                if postgres && route.handler.locks_contended_rows() { 1 } else { shared.options.batch.max(1) };
             let one_batch_at_a_time = postgres && batch_size > 1;
             let route = Arc::new(route);
             loops.spawn(async move {
