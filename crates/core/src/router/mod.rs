@@ -66,8 +66,7 @@
 //! concurrently, one transaction each, holding the rows for a statement and a commit. In the
 //! README's scale-out deployment, with inventory and the saga so, the ceiling went from ~80 to
 //! ~190 orders/s and the deadlocks PostgreSQL logged (each costing a second) stopped. Routes
-//! without batching (long `prepare` steps
-//! such as OCR) keep their concurrency.
+//! without batching (long `prepare` steps such as OCR) keep their concurrency.
 //!
 //! Order per key comes from the transport: it hands out a key's next message only after the
 //! previous one is settled, so the router handles different keys concurrently and one key in
