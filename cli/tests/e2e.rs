@@ -266,28 +266,39 @@ fn find_field(line: &Value, name: &str) -> Option<String> {
     std::iter::once(line).chain(spans).find_map(|p| p.get(name)).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// `weir bench orders` against a running `weir up`: every order it places ends, and its table
-/// names each figure with a value (rates, latencies, the server's CPU per order and RSS).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_orders_prints_its_table() {
+/// Runs `weir bench orders` with `bench_args` against a `weir up` started with `up_args`;
+/// returns its table once it has succeeded.
+async fn bench_orders_table(up_args: &[&str], bench_args: &'static [&'static str]) -> String {
     let (_dir, data) = data_dir();
-    let weir = Weir::start(&data, &[]).await;
+    let weir = Weir::start(&data, up_args).await;
     let url = weir.url.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["bench", "orders", "--url", &url, "--users", "2", "--concurrency", "4", "--seconds", "2"])
-            .args(["--rate", "20"])
+            .args(["bench", "orders", "--url", &url])
+            .args(bench_args)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let table = String::from_utf8_lossy(&output.stdout);
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{table}\n{}", String::from_utf8_lossy(&output.stderr));
-    let value = |measure: &str| -> String {
-        let line = table.lines().find(|l| l.contains(measure)).unwrap_or_else(|| panic!("no {measure:?} in\n{table}"));
-        line.rsplit('┆').next().unwrap().trim_matches(|c: char| c == '│' || c.is_whitespace()).to_owned()
-    };
+    table
+}
+
+/// The value of the row of `table` whose measure contains `measure`.
+fn measured(table: &str, measure: &str) -> String {
+    let line = table.lines().find(|l| l.contains(measure)).unwrap_or_else(|| panic!("no {measure:?} in\n{table}"));
+    line.rsplit('┆').next().unwrap().trim_matches(|c: char| c == '│' || c.is_whitespace()).to_owned()
+}
+
+/// `weir bench orders` against a running `weir up`: every order it places ends, and its table
+/// names each figure with a value (rates, latencies, the server's CPU per order and RSS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_orders_prints_its_table() {
+    let table =
+        bench_orders_table(&[], &["--users", "2", "--concurrency", "4", "--seconds", "2", "--rate", "20"]).await;
+    let value = |measure: &str| measured(&table, measure);
     let accepted: u64 = value("orders accepted").parse().unwrap();
     assert!(accepted >= 20, "paced at 20/s for 2 s: {table}");
     assert_eq!(value("completed / cancelled"), format!("{accepted} / 0"), "{table}");
@@ -301,23 +312,10 @@ async fn bench_orders_prints_its_table() {
 /// from errors, and the client waits before it tries again, so it does not hammer the door.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_orders_counts_refusals_apart_from_errors() {
-    let (_dir, data) = data_dir();
-    let weir = Weir::start(&data, &["--max-pending-orders", "1"]).await;
-    let url = weir.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["bench", "orders", "--url", &url, "--users", "2", "--concurrency", "8", "--seconds", "2"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{table}\n{}", String::from_utf8_lossy(&output.stderr));
-    let value = |measure: &str| -> u64 {
-        let line = table.lines().find(|l| l.contains(measure)).unwrap_or_else(|| panic!("no {measure:?} in\n{table}"));
-        line.rsplit('┆').next().unwrap().trim_matches(|c: char| c == '│' || c.is_whitespace()).parse().unwrap()
-    };
+    let table =
+        bench_orders_table(&["--max-pending-orders", "1"], &["--users", "2", "--concurrency", "8", "--seconds", "2"])
+            .await;
+    let value = |measure: &str| -> u64 { measured(&table, measure).parse().unwrap() };
     let refused = value("refused with 503");
     assert!(refused > 0, "one order pending at most: eight clients are refused: {table}");
     // Each refusal costs its client the 1 s the server asks for: two seconds of eight clients
