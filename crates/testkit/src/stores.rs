@@ -164,7 +164,7 @@ pub async fn event_store_positions_follow_commit_order(factory: &dyn DatabaseFac
         .map(|w| {
             let db = db.clone();
             tokio::spawn(async move {
-                // Every kind of expectation: each takes the ordering lock at its own point.
+                // Every kind of expectation: each reads and takes positions at its own points.
                 for i in 0..25 {
                     let stream = format!("w{w}-{i}");
                     for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(1), ExpectedVersion::Any] {
@@ -198,6 +198,56 @@ pub async fn event_store_positions_follow_commit_order(factory: &dyn DatabaseFac
         w.await.unwrap();
     }
     assert_eq!(count, 300, "every event was read once, none appeared behind the reader");
+}
+
+pub async fn event_store_readers_stop_at_positions_that_may_still_commit(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let dialect = db.dialect();
+    let begin_append = |stream: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let appended =
+                event_store::append(tx.as_mut(), dialect, stream, ExpectedVersion::NoStream, &[event("e", stream, 1)])
+                    .await
+                    .unwrap();
+            (tx, appended.position)
+        }
+    };
+    // What a reader finds past `after`, once it finds anything (a gap's holders may be ending).
+    let streams_after = |after: i64| {
+        let db = db.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let read = event_store::read_all(db.as_ref(), after, 10).await.unwrap();
+                if !read.is_empty() || std::time::Instant::now() > deadline {
+                    return read.into_iter().map(|r| r.stream).collect::<Vec<_>>();
+                }
+            }
+        }
+    };
+    let (tx, first) = begin_append("first").await;
+    tx.commit().await.unwrap();
+    // A rolled-back append (on PostgreSQL it leaves a gap in the positions) holds nothing up.
+    let (tx, _) = begin_append("rolled back").await;
+    drop(tx);
+    let (tx, after) = begin_append("after").await;
+    tx.commit().await.unwrap();
+    assert_eq!(streams_after(first).await, ["after"]);
+
+    if dialect == Dialect::Postgres {
+        // An append still running took a position below one committed since: a reader stops
+        // before it (for as long as it waits), and reads both once it commits.
+        let (held, _) = begin_append("held").await;
+        let (tx, _) = begin_append("later").await;
+        tx.commit().await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(event_store::read_all(db.as_ref(), after, 10).await.unwrap().is_empty(), "read past a running append");
+        assert!(started.elapsed() >= event_store::GAP_WAIT);
+        held.commit().await.unwrap();
+        assert_eq!(streams_after(after).await, ["held", "later"]);
+    }
 }
 
 pub async fn snapshots_keep_the_newest(factory: &dyn DatabaseFactory) {
@@ -571,7 +621,8 @@ macro_rules! store_conformance_tests {
     ($factory:expr) => {
         $crate::__suite_cases!(stores, $factory;
             event_store_appends_and_reads, event_store_detects_conflicts,
-            event_store_positions_follow_commit_order, snapshots_keep_the_newest,
+            event_store_positions_follow_commit_order, event_store_readers_stop_at_positions_that_may_still_commit,
+            snapshots_keep_the_newest,
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
             inbox_deduplicates_within_transactions, inbox_records_many_at_once, inbox_pruning_goes_on_chunk_by_chunk,
             projections_checkpoint_and_rebuild, projections_apply_each_event_once_under_concurrent_runners,

@@ -97,6 +97,9 @@ impl Service {
         let router = Router::new(kernel.clone(), config.router)
             .route(topics::INVENTORY, NAME, consumers::Prices)
             .route(topics::ORDER_COMMANDS, NAME, consumers::Commands);
-        Ok(kernel.run(router, shutdown).await?)
+        let checkpoint = tokio::spawn(read_model::OrderViews::keep_checkpoint(kernel.db.clone(), shutdown.clone()));
+        let routed = kernel.run(router, shutdown).await;
+        let _ = checkpoint.await;
+        Ok(routed?)
     }
 }

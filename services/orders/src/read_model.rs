@@ -2,8 +2,9 @@
 //! reads serve from.
 //!
 //! It is an *inline* projection: every append to an order's stream applies its events to the
-//! table, and moves the projection's checkpoint past them, in the transaction that appends them
-//! ([`OrderViews::apply_appended`]). So the table always shows every committed event — a client
+//! table in the transaction that appends them ([`OrderViews::apply_appended`]), and a task moves
+//! the projection's checkpoint past them about once a second
+//! ([`weir_core::store::projection::skip_applied`]). So the table always shows every committed event — a client
 //! that follows `POST /v1/orders`'s `Location` finds its order, on any process of the service —
 //! at the cost of one more row written per event, rather than a projector that reads the events
 //! back, writes them in a transaction of its own and has requests wait for it.
@@ -16,13 +17,18 @@
 
 use async_trait::async_trait;
 use chrono::SecondsFormat;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 use uuid::Uuid;
 use weir_contracts::{Currency, Money, PricedLine};
 use weir_core::{
-    Database, Event, Transaction,
+    Database, Db, Event, Transaction,
     db::{self, Row},
-    store::{self, checkpoints, event_store::Recorded, projection::Projection},
+    store::{
+        self,
+        event_store::Recorded,
+        projection::{self, Projection},
+    },
 };
 
 use crate::domain::{OrderEvent, Status};
@@ -38,23 +44,33 @@ impl OrderViews {
     /// The projection's checkpoint name.
     pub const NAME: &'static str = "orders.order_views";
 
-    /// Applies `events`, just appended to `stream` in `tx` and ending at global `position`, and
-    /// moves the checkpoint to `position`. Appends commit in position order (the event store's
-    /// guarantee), so the checkpoint only moves forward. The checkpoint row is written before
-    /// the views, the order in which a catch-up takes the same locks.
-    pub async fn apply_appended(
-        tx: &mut dyn Transaction,
-        stream: &str,
-        events: &[Event],
-        position: i64,
-    ) -> store::Result<()> {
-        checkpoints::save(tx, Self::NAME, position).await?;
+    /// Applies `events`, just appended to `stream` in `tx`. The checkpoint is not moved here
+    /// (every append would queue on its row): [`projection::skip_applied`] moves it over what appends have
+    /// applied, every [`CHECKPOINT_EVERY`] while the service runs.
+    pub async fn apply_appended(tx: &mut dyn Transaction, stream: &str, events: &[Event]) -> store::Result<()> {
         for event in events {
             apply(tx, stream, event).await?;
         }
         Ok(())
     }
+
+    /// Moves the checkpoint over the events appended (and so applied) since it last moved, until
+    /// `shutdown`.
+    pub async fn keep_checkpoint(db: Db, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = projection::skip_applied(db.as_ref(), &OrderViews, 100_000).await {
+                warn!(error = %e, "could not move the order read model's checkpoint; trying again");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
 }
+
+/// How often the checkpoint follows the appends: what a start after a crash applies again.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[async_trait]
 impl Projection for OrderViews {
@@ -73,6 +89,8 @@ impl Projection for OrderViews {
 }
 
 /// Applies one event of `stream` to the table; events of other streams are not the read model's.
+/// Idempotent (a catch-up applies again what appends applied since the checkpoint last moved):
+/// an order's row is inserted once, and leaves `PENDING` once.
 async fn apply(tx: &mut dyn Transaction, stream: &str, event: &Event) -> store::Result<()> {
     if !stream.starts_with("order-") {
         return Ok(());

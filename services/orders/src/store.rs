@@ -85,8 +85,8 @@ pub async fn record(
     events: &[Event],
 ) -> store::Result<()> {
     let stream = stream(order_id);
-    let appended = event_store::append(tx, dialect, &stream, expected, events).await?;
-    OrderViews::apply_appended(tx, &stream, events, appended.position).await
+    event_store::append(tx, dialect, &stream, expected, events).await?;
+    OrderViews::apply_appended(tx, &stream, events).await
 }
 
 /// The current price of each of `products` that inventory has published.

@@ -4,7 +4,7 @@
 //!
 //! | store | table(s) | what it guarantees |
 //! |---|---|---|
-//! | [`event_store`] | `weir_events`, `weir_snapshots` | append with an expected version; global positions committed in order |
+//! | [`event_store`] | `weir_events`, `weir_snapshots` | append with an expected version; global positions, read without ever skipping one |
 //! | [`outbox`] | `weir_outbox` | events leave only if the transaction that wrote them committed; the relay retries until published |
 //! | [`inbox`] | `weir_inbox` | a `(consumer, event id)` is handled once per transaction that records it |
 //! | [`checkpoints`] | `weir_checkpoints` | a read model and its position move together |

@@ -78,6 +78,25 @@ pub async fn apply_batch(
     }
 }
 
+/// For an *inline* projection — one applied in the transaction of each append, so every
+/// committed event is in its read model already — moves the checkpoint over the events
+/// committed past it without applying them again, reading at most `limit` of them; returns the
+/// checkpoint it left. Appends do not move the checkpoint themselves: on PostgreSQL each would
+/// wait on that one row for the previous append to commit. So a [`catch_up`] at start finds
+/// what was appended since this last ran, and applies it again: an inline projection's `apply`
+/// must be idempotent.
+pub async fn skip_applied(db: &dyn Database, projection: &dyn Projection, limit: i64) -> Result<i64> {
+    let from = checkpoints::load(db, projection.name()).await?;
+    let Some(to) = event_store::last_committed(db, from, limit).await? else { return Ok(from) };
+    let mut tx = db.begin().await?;
+    // Compare-and-set: if a catch-up or another process moved it since, it stays theirs.
+    if checkpoints::advance(tx.as_mut(), projection.name(), from, to).await? {
+        tx.commit().await?;
+        return Ok(to);
+    }
+    Ok(from)
+}
+
 /// Clears the read model, resets its checkpoint to 0 and replays every event.
 pub async fn rebuild(db: &dyn Database, projection: &dyn Projection, batch: i64) -> Result<CaughtUp> {
     let mut tx = db.begin().await?;
