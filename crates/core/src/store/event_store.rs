@@ -228,9 +228,9 @@ async fn read_committed(db: &dyn Database, columns: &str, after: i64, limit: i64
 pub const GAP_WAIT: Duration = Duration::from_secs(1);
 
 /// The oldest transaction id still running (PostgreSQL), and the next one to be assigned, as of
-/// the statement's snapshot.
-const XMIN: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
-const XMAX: &str = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint";
+/// the statement's snapshot; subqueries, so that a statement computes each once, not per row.
+const XMIN: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+const XMAX: &str = "(SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint)";
 
 async fn oldest_running(db: &dyn Database) -> Result<i64> {
     let rows = db.query(&format!("SELECT {XMIN}"), &[]).await?;
