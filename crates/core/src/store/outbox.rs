@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::{
     bus::{Message, Publisher},
-    db::{Db, Transaction, Value},
+    db::{Db, Dialect, Transaction, Value},
     event::Event,
     signing::Keyring,
     store::{Result, lease},
@@ -67,14 +67,15 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// The relay that publishes this outbox's rows from `db` to `publisher`.
+    /// The relay that publishes this outbox's rows from `db` to `publisher`, with the
+    /// [`RelayOptions::for_dialect`] of `db`.
     pub fn relay(&self, db: Db, publisher: Arc<dyn Publisher>) -> Relay {
         Relay {
+            options: RelayOptions::for_dialect(db.dialect()),
             db,
             publisher,
             wake: self.wake.clone(),
-            options: RelayOptions::default(),
-            renew_after: std::sync::Mutex::new(None),
+            lease: std::sync::Mutex::new(None),
             published: std::sync::Mutex::new(Published::default()),
         }
     }
@@ -106,6 +107,20 @@ impl Default for RelayOptions {
     }
 }
 
+impl RelayOptions {
+    /// The defaults, but on PostgreSQL a relay looks for rows every 50 ms. There the replicas
+    /// of a service share its database and the one that holds the lease publishes the rows of
+    /// all; a commit wakes only its own process's relay, so an order taken by another replica
+    /// waited for the next look (at 500 ms, a quarter of a second on average). A look is one
+    /// indexed query. A SQLite database belongs to one process, whose commits wake its relay.
+    pub fn for_dialect(dialect: Dialect) -> Self {
+        match dialect {
+            Dialect::Postgres => Self { poll: Duration::from_millis(50), ..Self::default() },
+            Dialect::Sqlite => Self::default(),
+        }
+    }
+}
+
 /// Rows this relay has published and not deleted yet.
 #[derive(Default)]
 struct Published {
@@ -123,9 +138,11 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     wake: Arc<Notify>,
     options: RelayOptions,
-    /// The owner whose lease this relay holds, and when to renew it (half its life): renewing
-    /// is a write, and every round renewing cost a commit per round.
-    renew_after: std::sync::Mutex<Option<(String, Instant)>>,
+    /// The last answer to "does this owner hold the lease?", and until when it stands: half the
+    /// lease's life when held (renewing is a write, and renewing every round cost a commit per
+    /// round), a quarter of it when another relay holds it (a replica's relay, woken by each of
+    /// its own process's commits, asked — a write — once per commit).
+    lease: std::sync::Mutex<Option<(String, bool, Instant)>>,
     published: std::sync::Mutex<Published>,
 }
 
@@ -202,15 +219,16 @@ impl Relay {
 
     /// Whether `owner` holds the relay lease, renewing it once half its life has passed.
     async fn hold_lease(&self, owner: &str) -> Result<bool> {
-        let fresh = matches!(&*self.renew_after.lock().unwrap_or_else(|e| e.into_inner()),
-            Some((holder, at)) if holder == owner && Instant::now() < *at);
-        if fresh {
-            return Ok(true);
+        if let Some((holder, held, until)) = &*self.lease.lock().unwrap_or_else(|e| e.into_inner())
+            && holder == owner
+            && Instant::now() < *until
+        {
+            return Ok(*held);
         }
         let asked = Instant::now();
         let held = lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await?;
-        *self.renew_after.lock().unwrap_or_else(|e| e.into_inner()) =
-            held.then(|| (owner.to_owned(), asked + self.options.lease / 2));
+        let stands = self.options.lease / if held { 2 } else { 4 };
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((owner.to_owned(), held, asked + stands));
         Ok(held)
     }
 
