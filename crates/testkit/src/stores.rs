@@ -594,6 +594,20 @@ pub async fn leases_are_exclusive_until_they_expire(factory: &dyn DatabaseFactor
     assert!(lease::acquire(db.as_ref(), "relay", "b", short).await.unwrap(), "taken over after expiry");
     lease::release(db.as_ref(), "relay", "b").await.unwrap();
     assert!(lease::acquire(db.as_ref(), "relay", "a", short).await.unwrap(), "free after release");
+
+    // A remembered answer stands for half the lease's life when held (within the lease, which
+    // nobody else can take before it expires), a quarter when not; the database is not asked in
+    // between, so a release behind the holder's back — which a running owner never does — goes
+    // unseen until then.
+    let (ttl, holder, other) = (Duration::from_secs(4), lease::Remembered::default(), lease::Remembered::default());
+    assert!(holder.hold(db.as_ref(), "job", "a", ttl).await.unwrap());
+    assert!(!other.hold(db.as_ref(), "job", "b", ttl).await.unwrap());
+    lease::release(db.as_ref(), "job", "a").await.unwrap();
+    assert!(holder.hold(db.as_ref(), "job", "a", ttl).await.unwrap(), "remembered as held");
+    assert!(!other.hold(db.as_ref(), "job", "b", ttl).await.unwrap(), "remembered as not held");
+    tokio::time::sleep(ttl / 4 + Duration::from_millis(100)).await;
+    assert!(other.hold(db.as_ref(), "job", "b", ttl).await.unwrap(), "asked again after a quarter of the lease");
+    assert!(holder.hold(db.as_ref(), "job", "a", ttl).await.unwrap(), "still remembered as held");
 }
 
 pub async fn transactions_are_atomic(factory: &dyn DatabaseFactory) {

@@ -1,7 +1,10 @@
 //! Leases: at most one live owner of a named job per database (the outbox relay, the timer
 //! scheduler), taken over when the owner stops renewing — e.g. because it was killed.
 
-use std::time::Duration;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use crate::{
     db::Database,
@@ -31,4 +34,29 @@ pub async fn release(db: &dyn Database, name: &str, owner: &str) -> Result<()> {
     tx.execute("DELETE FROM weir_leases WHERE name = $1 AND owner = $2", &[name.into(), owner.into()]).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// [`acquire`] for a worker that asks every round: remembers the last answer, so a holder renews
+/// once half the lease's life has passed and another owner asks again after a quarter of it.
+/// Each ask is a write; asking every round cost a commit per round (the relay's rounds follow its
+/// process's commits, so a replica that did not hold the lease wrote once per order).
+#[derive(Debug, Default)]
+pub struct Remembered(Mutex<Option<(String, bool, Instant)>>);
+
+impl Remembered {
+    /// Whether `owner` holds the lease `name` (of life `ttl`), asking the database only when
+    /// the last answer for `owner` has run out.
+    pub async fn hold(&self, db: &dyn Database, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        if let Some((holder, held, until)) = &*self.0.lock().unwrap_or_else(|e| e.into_inner())
+            && holder == owner
+            && Instant::now() < *until
+        {
+            return Ok(*held);
+        }
+        let asked = Instant::now();
+        let held = acquire(db, name, owner, ttl).await?;
+        let stands = ttl / if held { 2 } else { 4 };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((owner.to_owned(), held, asked + stands));
+        Ok(held)
+    }
 }

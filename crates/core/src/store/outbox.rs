@@ -75,11 +75,14 @@ impl Outbox {
             db,
             publisher,
             wake: self.wake.clone(),
-            lease: std::sync::Mutex::new(None),
+            lease: lease::Remembered::default(),
             published: std::sync::Mutex::new(Published::default()),
         }
     }
 }
+
+/// The relay's lease: one active relay per database.
+const LEASE: &str = "weir-outbox-relay";
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -138,11 +141,7 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     wake: Arc<Notify>,
     options: RelayOptions,
-    /// The last answer to "does this owner hold the lease?", and until when it stands: half the
-    /// lease's life when held (renewing is a write, and renewing every round cost a commit per
-    /// round), a quarter of it when another relay holds it (a replica's relay, woken by each of
-    /// its own process's commits, asked — a write — once per commit).
-    lease: std::sync::Mutex<Option<(String, bool, Instant)>>,
+    lease: lease::Remembered,
     published: std::sync::Mutex<Published>,
 }
 
@@ -183,7 +182,7 @@ impl Relay {
         if let Err(e) = self.delete_published().await {
             warn!(error = %e, "could not delete published outbox rows at shutdown; they will be published again");
         }
-        let _ = lease::release(self.db.as_ref(), "weir-outbox-relay", &owner).await;
+        let _ = lease::release(self.db.as_ref(), LEASE, &owner).await;
     }
 
     fn published(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -217,25 +216,10 @@ impl Relay {
         Ok(done.len())
     }
 
-    /// Whether `owner` holds the relay lease, renewing it once half its life has passed.
-    async fn hold_lease(&self, owner: &str) -> Result<bool> {
-        if let Some((holder, held, until)) = &*self.lease.lock().unwrap_or_else(|e| e.into_inner())
-            && holder == owner
-            && Instant::now() < *until
-        {
-            return Ok(*held);
-        }
-        let asked = Instant::now();
-        let held = lease::acquire(self.db.as_ref(), "weir-outbox-relay", owner, self.options.lease).await?;
-        let stands = self.options.lease / if held { 2 } else { 4 };
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((owner.to_owned(), held, asked + stands));
-        Ok(held)
-    }
-
     /// Publishes one batch of rows not published yet, after deleting the published ones if
     /// they are due; returns how many rows it published.
     pub async fn round(&self, owner: &str) -> Result<usize> {
-        if !self.hold_lease(owner).await? {
+        if !self.lease.hold(self.db.as_ref(), LEASE, owner, self.options.lease).await? {
             // Another relay is active; `run` waits a poll interval (or shutdown) and asks again.
             return Ok(0);
         }

@@ -134,9 +134,9 @@ impl Scheduler {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let owner = uuid::Uuid::now_v7().to_string();
+        let lease = lease::Remembered::default();
         while !shutdown.is_cancelled() {
-            let leader =
-                lease::acquire(self.db.as_ref(), "weir-timer-scheduler", &owner, Duration::from_secs(10)).await;
+            let leader = lease.hold(self.db.as_ref(), "weir-timer-scheduler", &owner, Duration::from_secs(10)).await;
             match leader {
                 Ok(true) => {
                     if let Err(e) = self.fire_due().await {
