@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -103,9 +102,7 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, data)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use weir_testkit::free_port;
 
 impl Weir {
     /// Starts `weir up` on `data_dir` with `extra` flags and waits until it is ready.

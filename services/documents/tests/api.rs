@@ -890,7 +890,7 @@ impl Clamd {
         std::fs::create_dir(&db).unwrap();
         let digest = format!("{:x}", md5_of(infected));
         std::fs::write(db.join("weir-test.hdb"), format!("{digest}:{}:{signature}\n", infected.len())).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = weir_testkit::free_port();
         let config = dir.path().join("clamd.conf");
         std::fs::write(
             &config,

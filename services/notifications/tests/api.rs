@@ -7,7 +7,6 @@
 //! sleep.
 
 use std::{
-    net::TcpListener as StdListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -141,9 +140,7 @@ fn decode_quoted_printable(text: &str) -> String {
 }
 
 /// A loopback port nothing listens on (yet).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use weir_testkit::free_port;
 
 // ---------------------------------------------------------------------------------------------
 // The service under test.
