@@ -310,10 +310,6 @@ async fn create_order(
     }
     store::record(tx.as_mut(), api.db.dialect(), order_id, ExpectedVersion::NoStream, std::slice::from_ref(&event))
         .await?;
-    // After the append: on PostgreSQL its ordering lock then also orders the outbox rows'
-    // sequence numbers by commit, and the relay, which reads past the highest one it has
-    // published, finds none committed behind it (a row first enqueued here was skipped until the
-    // relay's next full pass, up to two seconds late).
     api.outbox.enqueue(tx.as_mut(), topics::ORDERS, vec![event]).await?;
     api.outbox.commit(tx).await?;
     metrics::counter!("weir_orders_created_total").increment(1);
