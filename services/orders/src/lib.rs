@@ -90,8 +90,8 @@ impl Service {
         api::routes(self.api.clone())
     }
 
-    /// Consumes `inventory` (prices) and `orders.commands` and relays the outbox, until
-    /// `shutdown`; then drains and returns.
+    /// Consumes `inventory` (prices) and `orders.commands`, relays the outbox and moves the read
+    /// model's checkpoint, until `shutdown`; then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Service { kernel, config, api: _ } = self;
         let router = Router::new(kernel.clone(), config.router)

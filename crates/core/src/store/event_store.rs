@@ -171,21 +171,22 @@ const READ_STREAM: &str = "SELECT position, stream, version, envelope FROM weir_
 /// page; a gap at its head is waited out, for at most [`GAP_WAIT`] (then the page is empty and
 /// the caller reads again later: nothing is ever skipped on a guess).
 pub async fn read_all(db: &dyn Database, after: i64, limit: i64) -> Result<Vec<Recorded>> {
-    decode(read_committed(db, "position, stream, version, envelope", after, limit).await?)
+    decode(read_committed(db, &["position", "stream", "version", "envelope"], after, limit).await?)
 }
 
 /// The position of the last event [`read_all`] would return, without reading the events.
 pub async fn last_committed(db: &dyn Database, after: i64, limit: i64) -> Result<Option<i64>> {
-    read_committed(db, "position", after, limit).await?.last().map(|r| Ok(r.i64(0)?)).transpose()
+    read_committed(db, &["position"], after, limit).await?.last().map(|r| Ok(r.i64(0)?)).transpose()
 }
 
 /// [`read_all`]'s rows: `columns` (the first of which is `position`) of the events it takes.
-async fn read_committed(db: &dyn Database, columns: &str, after: i64, limit: i64) -> Result<Vec<crate::db::Row>> {
+async fn read_committed(db: &dyn Database, columns: &[&str], after: i64, limit: i64) -> Result<Vec<crate::db::Row>> {
     const FROM: &str = "FROM weir_events WHERE position > $1 ORDER BY position LIMIT $2";
+    let (snapshot, columns) = (columns.len(), columns.join(", "));
     if db.dialect() != Dialect::Postgres {
         return Ok(db.query(&format!("SELECT {columns} {FROM}"), &[after.into(), limit.into()]).await?);
     }
-    let snapshot = columns.split(',').count();
+    // The snapshot's xmin and xmax follow the event's columns.
     let sql = format!("SELECT {columns}, {XMIN}, {XMAX} {FROM}");
     let started = Instant::now();
     // Set once a gap at the head was seen: the first position then committed past it, and the
@@ -224,6 +225,7 @@ async fn read_committed(db: &dyn Database, columns: &str, after: i64, limit: i64
         }
     }
 }
+
 /// How long [`read_all`] waits for the transactions that may hold a gap at the head of its page.
 pub const GAP_WAIT: Duration = Duration::from_secs(1);
 

@@ -220,7 +220,8 @@ impl Relay {
     /// they are due; returns how many rows it published.
     pub async fn round(&self, owner: &str) -> Result<usize> {
         if !self.lease.hold(self.db.as_ref(), LEASE, owner, self.options.lease).await? {
-            // Another relay is active; `run` waits a poll interval (or shutdown) and asks again.
+            // Another relay is active: `run` comes back after a poll interval (or a wake-up), and
+            // the lease is asked about again once the remembered answer runs out.
             return Ok(0);
         }
         if self.delete_due_in() == Some(Duration::ZERO) {
