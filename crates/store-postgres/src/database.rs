@@ -82,7 +82,14 @@ impl PgDatabase {
             .create_timeout(Some(options.connect_timeout + Duration::from_secs(1)))
             .build()
             .map_err(|e| Error::Other(format!("cannot build the connection pool: {e}")))?;
-        drop(pool.get().await.map_err(from_pool)?);
+        let client = pool.get().await.map_err(from_pool)?;
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(from_postgres)?
+            .get(0);
+        supported(version)?;
+        drop(client);
         Ok(PgDatabase { pool })
     }
 
@@ -94,6 +101,22 @@ impl PgDatabase {
     async fn client(&self) -> Result<Object> {
         self.pool.get().await.map_err(from_pool)
     }
+}
+
+/// The oldest PostgreSQL the kernel's SQL runs on: the event store's readers use
+/// `pg_current_xact_id` and `pg_current_snapshot` (see `weir_core::store::event_store`).
+const OLDEST_SUPPORTED: i32 = 130_000;
+
+/// Refuses a server older than [`OLDEST_SUPPORTED`] (`version` as in `server_version_num`), with
+/// what to do, rather than failing later on a missing function.
+fn supported(version: i32) -> Result<()> {
+    if version >= OLDEST_SUPPORTED {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "PostgreSQL {} is too old: Weir needs PostgreSQL 13 or later; upgrade the server or point the URL at a newer one",
+        version / 10_000
+    )))
 }
 
 #[async_trait]
@@ -276,4 +299,18 @@ async fn query(client: &Object, sql: &str, params: &[Value]) -> Result<Vec<Row>>
         .await
         .map_err(from_postgres)?;
     rows.iter().map(decode_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_13_are_refused_with_what_to_do() {
+        let refusal = supported(120_015).unwrap_err().to_string();
+        assert!(refusal.contains("PostgreSQL 12 is too old") && refusal.contains("13 or later"), "{refusal}");
+        assert!(supported(90_624).is_err());
+        supported(130_000).unwrap();
+        supported(150_019).unwrap();
+    }
 }
