@@ -16,7 +16,7 @@ pub mod read_model;
 pub mod store;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info};
 use utoipa_axum::router::OpenApiRouter;
 use weir_contracts::topics;
 use weir_core::{Kernel, Router, RouterOptions, db, store::projection};
@@ -99,7 +99,9 @@ impl Service {
             .route(topics::ORDER_COMMANDS, NAME, consumers::Commands);
         let checkpoint = tokio::spawn(read_model::OrderViews::keep_checkpoint(kernel.db.clone(), shutdown.clone()));
         let routed = kernel.run(router, shutdown).await;
-        let _ = checkpoint.await;
+        if let Err(e) = checkpoint.await {
+            error!(error = %e, "the order read model's checkpoint task failed");
+        }
         Ok(routed?)
     }
 }

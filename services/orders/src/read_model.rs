@@ -4,10 +4,10 @@
 //! It is an *inline* projection: every append to an order's stream applies its events to the
 //! table in the transaction that appends them ([`OrderViews::apply_appended`]), and a task moves
 //! the projection's checkpoint past them about once a second
-//! ([`weir_core::store::projection::skip_applied`]). So the table always shows every committed event — a client
-//! that follows `POST /v1/orders`'s `Location` finds its order, on any process of the service —
-//! at the cost of one more row written per event, rather than a projector that reads the events
-//! back, writes them in a transaction of its own and has requests wait for it.
+//! ([`weir_core::store::projection::skip_applied`]). So the table always shows every committed
+//! event — a client that follows `POST /v1/orders`'s `Location` finds its order, on any process
+//! of the service — at the cost of one more row written per event, rather than a projector that
+//! reads the events back, writes them in a transaction of its own and has requests wait for it.
 //!
 //! It is still a projection like any other: a pure function of the event store's global order,
 //! rebuilt from position 0 by `weir replay` ([`weir_core::store::projection::rebuild`] with
@@ -45,8 +45,8 @@ impl OrderViews {
     pub const NAME: &'static str = "orders.order_views";
 
     /// Applies `events`, just appended to `stream` in `tx`. The checkpoint is not moved here
-    /// (every append would queue on its row): [`projection::skip_applied`] moves it over what appends have
-    /// applied, every [`CHECKPOINT_EVERY`] while the service runs.
+    /// (every append would queue on its row): [`projection::skip_applied`] moves it over what
+    /// appends have applied, every [`CHECKPOINT_EVERY`] while the service runs.
     pub async fn apply_appended(tx: &mut dyn Transaction, stream: &str, events: &[Event]) -> store::Result<()> {
         for event in events {
             apply(tx, stream, event).await?;
