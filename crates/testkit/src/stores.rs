@@ -501,6 +501,25 @@ pub async fn sagas_use_optimistic_concurrency(factory: &dyn DatabaseFactory) {
     assert_eq!((saga.state.as_slice(), saga.version, saga.done), (&b"paid"[..], 2, true));
 }
 
+pub async fn finished_sagas_are_forgotten_after_their_retention(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let mut tx = db.begin().await.unwrap();
+    for (id, done) in [("running", false), ("finished-long-ago", true), ("finished-just-now", true)] {
+        sagas::save(tx.as_mut(), "fulfilment", id, b"s", 0, done).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let hour_ago = store::now_millis() - 3_600_000;
+    let mut tx = db.begin().await.unwrap();
+    let sql = "UPDATE weir_sagas SET updated_at = $1 WHERE id IN ('running', 'finished-long-ago')";
+    assert_eq!(tx.execute(sql, &[hour_ago.into()]).await.unwrap(), 2);
+    tx.commit().await.unwrap();
+
+    assert_eq!(sagas::prune(db.as_ref(), store::now_millis() - 60_000).await.unwrap(), 1);
+    let left = db.query("SELECT id FROM weir_sagas ORDER BY id", &[]).await.unwrap();
+    let left: Vec<&str> = left.iter().map(|r| r.text(0).unwrap()).collect();
+    assert_eq!(left, ["finished-just-now", "running"], "a running saga is kept however old");
+}
+
 pub async fn timers_fire_once_through_the_outbox(factory: &dyn DatabaseFactory) {
     let db = fresh(factory).await;
     let outbox = Outbox::new(Keyring::generate("k"));
@@ -640,7 +659,8 @@ macro_rules! store_conformance_tests {
             outbox_publishes_only_committed_events_in_order, outbox_rejects_invalid_topics,
             inbox_deduplicates_within_transactions, inbox_records_many_at_once, inbox_pruning_goes_on_chunk_by_chunk,
             projections_checkpoint_and_rebuild, projections_apply_each_event_once_under_concurrent_runners,
-            sagas_use_optimistic_concurrency, timers_fire_once_through_the_outbox,
+            sagas_use_optimistic_concurrency, finished_sagas_are_forgotten_after_their_retention,
+            timers_fire_once_through_the_outbox,
             the_relay_deletes_published_rows_soon_and_misses_no_late_commit,
             leases_are_exclusive_until_they_expire, transactions_are_atomic);
     };

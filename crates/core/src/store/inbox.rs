@@ -49,28 +49,16 @@ pub async fn contains(db: &dyn Database, consumer: &str, event_id: Uuid) -> Resu
     Ok(!rows.is_empty())
 }
 
-/// Records [`prune`] deletes per transaction, so that other writers wait for a bounded delete.
-const PRUNE_CHUNK: u64 = 5_000;
-
 /// Forgets the records older than `before_millis`, a few thousand per transaction; returns
 /// how many. Keep records longer than any copy of an event can take to arrive (a redelivery
 /// after a crash comes within seconds; a redriven dead letter is addressed to the group that
 /// gave up on it, which has no record of it), or a late duplicate slips through.
 pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
-    let mut total = 0;
-    loop {
-        let mut tx = db.begin().await?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM weir_inbox WHERE (consumer, event_id) IN (
-                    SELECT consumer, event_id FROM weir_inbox WHERE handled_at < $1 LIMIT $2)",
-                &[before_millis.into(), (PRUNE_CHUNK as i64).into()],
-            )
-            .await?;
-        tx.commit().await?;
-        total += deleted;
-        if deleted < PRUNE_CHUNK {
-            return Ok(total);
-        }
-    }
+    super::delete_older(
+        db,
+        "DELETE FROM weir_inbox WHERE (consumer, event_id) IN (
+            SELECT consumer, event_id FROM weir_inbox WHERE handled_at < $1 LIMIT $2)",
+        before_millis,
+    )
+    .await
 }

@@ -50,10 +50,11 @@ pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "kernel tables",
-    sqlite: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "kernel tables",
+        sqlite: "
         CREATE TABLE weir_events (
             position INTEGER PRIMARY KEY AUTOINCREMENT,
             stream TEXT NOT NULL,
@@ -78,7 +79,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
             topic TEXT NOT NULL, envelope BLOB NOT NULL);
         CREATE INDEX weir_timers_due ON weir_timers (due_at);
         CREATE TABLE weir_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until BIGINT NOT NULL)",
-    postgres: "
+        postgres: "
         CREATE TABLE weir_events (
             position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             stream TEXT NOT NULL,
@@ -103,4 +104,26 @@ const MIGRATIONS: &[Migration] = &[Migration {
             due_at BIGINT NOT NULL, topic TEXT NOT NULL, envelope BYTEA NOT NULL);
         CREATE INDEX weir_timers_due ON weir_timers (due_at);
         CREATE TABLE weir_leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until BIGINT NOT NULL)",
-}];
+    },
+    Migration { version: 2, name: "finished sagas by age", sqlite: FINISHED_SAGAS, postgres: FINISHED_SAGAS },
+];
+
+/// What [`sagas::prune`] looks up: only finished instances are in it, so a running saga's
+/// saves do not maintain it.
+const FINISHED_SAGAS: &str = "CREATE INDEX weir_sagas_finished ON weir_sagas (updated_at) WHERE done = 1";
+
+/// Deletes, a few thousand rows per transaction (so other writers wait for a bounded delete),
+/// what `delete` selects; returns how many. `delete` takes the parameters `$1` = `before_millis` and `$2` = the most rows to delete.
+async fn delete_older(db: &dyn Database, delete: &str, before_millis: i64) -> Result<u64> {
+    const CHUNK: u64 = 5_000;
+    let mut total = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let deleted = tx.execute(delete, &[before_millis.into(), (CHUNK as i64).into()]).await?;
+        tx.commit().await?;
+        total += deleted;
+        if deleted < CHUNK {
+            return Ok(total);
+        }
+    }
+}

@@ -6,13 +6,13 @@
 //! one transaction, so it fires once and survives crashes. Cancelling it (the step answered in
 //! time) deletes it in the handler's transaction.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
-    db::{Db, Transaction, Value},
+    db::{Database, Db, Transaction, Value},
     event::Event,
     store::{Error, Result, lease, now_millis, outbox::Outbox},
 };
@@ -74,6 +74,22 @@ pub async fn save(
     Ok(expected + 1)
 }
 
+/// Forgets the finished instances last saved before `before_millis`, a few thousand per
+/// transaction; returns how many. An event for a forgotten instance finds none and is handled
+/// as if the saga had not started, so keep finished instances at least as long as the inbox
+/// keeps its records (every copy of an event has arrived by then; see [`inbox::prune`]).
+///
+/// [`inbox::prune`]: crate::store::inbox::prune
+pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
+    super::delete_older(
+        db,
+        "DELETE FROM weir_sagas WHERE (saga_type, id) IN (
+            SELECT saga_type, id FROM weir_sagas WHERE done = 1 AND updated_at < $1 LIMIT $2)",
+        before_millis,
+    )
+    .await
+}
+
 /// Schedules `event` to be published to `topic` at `due_at` (ms since the epoch). A timer with
 /// the same `key` is replaced.
 pub async fn schedule(tx: &mut dyn Transaction, key: &str, due_at: i64, topic: &str, event: &Event) -> Result<()> {
@@ -92,17 +108,38 @@ pub async fn cancel(tx: &mut dyn Transaction, key: &str) -> Result<bool> {
     Ok(tx.execute("DELETE FROM weir_timers WHERE key = $1", &[key.into()]).await? == 1)
 }
 
-/// Fires due timers into the outbox.
+/// Fires due timers into the outbox, and forgets finished sagas after a while.
 pub struct Scheduler {
     db: Db,
     outbox: Outbox,
     /// Longest sleep between looks (timers scheduled by other processes are seen this late).
     pub poll: Duration,
+    /// How long finished instances are kept ([`prune`]d once an hour); `None` keeps them.
+    /// The default is a week, as the router's `inbox_retention`.
+    pub retention: Option<Duration>,
 }
+
+/// How often the scheduler holding the lease forgets finished sagas.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Scheduler {
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        Self { db, outbox, poll: Duration::from_millis(200) }
+        Self { db, outbox, poll: Duration::from_millis(200), retention: Some(Duration::from_secs(7 * 24 * 3600)) }
+    }
+
+    /// Forgets the finished sagas older than the retention, when it is time to.
+    async fn prune_when_due(&self, next: &mut Instant) {
+        let Some(retention) = self.retention else { return };
+        if Instant::now() < *next {
+            return;
+        }
+        *next = Instant::now() + PRUNE_EVERY;
+        let before = now_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+        match prune(self.db.as_ref(), before).await {
+            Ok(0) => {}
+            Ok(forgotten) => debug!(forgotten, "forgot finished sagas"),
+            Err(e) => warn!(error = %e, "forgetting finished sagas failed; it is tried again later"),
+        }
     }
 
     /// Fires every timer due now; returns how many fired.
@@ -135,6 +172,7 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let owner = uuid::Uuid::now_v7().to_string();
         let lease = lease::Remembered::default();
+        let mut next_prune = Instant::now() + Duration::from_secs(60);
         while !shutdown.is_cancelled() {
             let leader = lease.hold(self.db.as_ref(), "weir-timer-scheduler", &owner, Duration::from_secs(10)).await;
             match leader {
@@ -142,6 +180,7 @@ impl Scheduler {
                     if let Err(e) = self.fire_due().await {
                         warn!(error = %e, "timer scheduler round failed");
                     }
+                    self.prune_when_due(&mut next_prune).await;
                 }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "timer scheduler could not take its lease"),
