@@ -6,8 +6,6 @@
 //! Several processes may do this at once: the file's lock orders them, and the log's consumers
 //! in another process see a redriven message at their next poll.
 
-use std::path::Path;
-
 use rusqlite::{Connection, OptionalExtension, params};
 use weir_core::{
     bus::{self, Message, dead_letter_topic, dead_letters_of},
@@ -117,34 +115,45 @@ fn stored(conn: &Connection, id: i64) -> rusqlite::Result<Option<Stored>> {
 }
 
 /// Runs `read` on a fresh read-only connection to the file at `path`, off the async threads.
-async fn read<T: Send + 'static>(
-    path: &Path,
-    read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-) -> bus::Result<T> {
-    let path = path.to_path_buf();
-    let job = move || open_connection(&path, true).and_then(|conn| read(&conn));
-    tokio::task::spawn_blocking(job).await.map_err(bus::Error::transport)?.map_err(transport)
+impl SqliteLog {
+    /// Runs `read` on the inspection connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> bus::Result<T> {
+        let inner = self.inner.clone();
+        let job = move || {
+            let mut kept = inner.inspector.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = match kept.take() {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, true)?,
+            };
+            let result = read(&conn);
+            *kept = Some(conn);
+            result
+        };
+        tokio::task::spawn_blocking(job).await.map_err(bus::Error::transport)?.map_err(transport)
+    }
 }
 
 impl SqliteLog {
     /// Messages of the log in publication order (see [`Browse`]). They stay where they are:
     /// nothing is consumed or settled.
     pub async fn browse(&self, query: Browse) -> bus::Result<Vec<Stored>> {
-        read(&self.inner.path, move |conn| browse(conn, &query)).await
+        self.read(move |conn| browse(conn, &query)).await
     }
 
     /// The id of the last message published (0 when there is none): browse after it to see only
     /// what comes next.
     pub async fn last_id(&self) -> bus::Result<i64> {
-        read(&self.inner.path, |conn| conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0)))
-            .await
+        self.read(|conn| conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0))).await
     }
 
     /// The dead letters of every topic (or of `query.topic`), oldest first, without consuming
     /// them.
     pub async fn dead_letters(&self, query: LetterQuery) -> bus::Result<LetterPage> {
         let topics = query.topic.as_deref().map_or_else(|| dead_letter_topic("*"), dead_letter_topic);
-        read(&self.inner.path, move |conn| {
+        self.read(move |conn| {
             let browse = Browse { topics: Some(topics), after: query.after, limit: query.limit };
             let letters = self::browse(conn, &browse)?.into_iter().filter_map(Stored::into_letter).collect();
             let total: i64 = conn.query_row(
@@ -159,7 +168,7 @@ impl SqliteLog {
 
     /// The dead letter `id`, if there is one.
     pub async fn dead_letter(&self, id: i64) -> bus::Result<Option<DeadLetter>> {
-        read(&self.inner.path, move |conn| Ok(stored(conn, id)?.and_then(Stored::into_letter))).await
+        self.read(move |conn| Ok(stored(conn, id)?.and_then(Stored::into_letter))).await
     }
 
     /// Redrives or discards the letters `ids`, all in one transaction; if any id is not a dead

@@ -167,6 +167,9 @@ struct LogInner {
     options: LogOptions,
     writer: mpsc::Sender<WriteOp>,
     registry: Arc<Registry>,
+    /// The read-only connection of the operators' reads ([`inspect`]), opened by the first and
+    /// kept for the next (`weir events tail` reads every 200 ms).
+    inspector: std::sync::Mutex<Option<Connection>>,
 }
 
 impl Drop for LogInner {
@@ -208,7 +211,7 @@ impl SqliteLog {
             .name("weir-log-writer".into())
             .spawn(move || log_writer.run(ops))
             .map_err(bus::Error::transport)?;
-        Ok(Self { inner: Arc::new(LogInner { path, options, writer, registry }) })
+        Ok(Self { inner: Arc::new(LogInner { path, options, writer, registry, inspector: Default::default() }) })
     }
 
     /// The file this log lives in.
