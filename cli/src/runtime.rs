@@ -37,9 +37,8 @@ pub enum LogFormatArg {
 
 impl ProcessArgs {
     /// Sets up logging and the Prometheus recorder (`telemetry::install_metrics` hands it out
-    /// again), and starts publishing the process's memory and CPU time; returns the HTTP
-    /// application to add routes to.
-    pub fn start(&self, tasks: &mut JoinSet<anyhow::Result<()>>, shutdown: &CancellationToken) -> anyhow::Result<App> {
+    /// again); returns the HTTP application to add routes to.
+    pub fn start(&self) -> anyhow::Result<App> {
         return_large_allocations_to_the_os();
         telemetry::init_logging(match self.log_format {
             LogFormatArg::Auto => LogFormat::Auto,
@@ -48,7 +47,6 @@ impl ProcessArgs {
         })
         .context("cannot set up logging (check WEIR_LOG)")?;
         telemetry::install_metrics();
-        tasks.spawn(report_process(shutdown.clone()));
         Ok(App::new(AppOptions {
             rate_limit: RateLimit { per_second: self.rate_limit, burst: self.rate_limit * 2 },
             ..AppOptions::default()
@@ -124,39 +122,6 @@ fn return_large_allocations_to_the_os() {
     }
 }
 
-/// Publishes the process's resident memory as `process_resident_memory_bytes` and the CPU time
-/// it has used as `process_cpu_seconds_total` (user and system), once a second.
-async fn report_process(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let page = 4096.0;
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    while !shutdown.is_cancelled() {
-        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        {
-            metrics::gauge!("process_resident_memory_bytes").set(pages * page);
-        }
-        if let Some(cpu_ticks) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| cpu_ticks(&s)) {
-            metrics::gauge!("process_cpu_seconds_total").set(cpu_ticks / ticks);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    Ok(())
-}
-
-/// User plus system time, in clock ticks, from the text of `/proc/<pid>/stat` (fields 14 and
-/// 15; the command name in field 2 may hold spaces, so fields are counted after its `)`).
-fn cpu_ticks(stat: &str) -> Option<f64> {
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(11);
-    let user: f64 = fields.next()?.parse().ok()?;
-    let system: f64 = fields.next()?.parse().ok()?;
-    Some(user + system)
-}
-
 async fn stop_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -172,14 +137,4 @@ async fn stop_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cpu_ticks_are_read_after_the_command_name() {
-        let stat = "4242 (weir up (x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 9 0 100 2000000 3000";
-        assert_eq!(super::cpu_ticks(stat), Some(1801.0));
-        assert_eq!(super::cpu_ticks("garbage"), None);
-    }
 }

@@ -106,8 +106,8 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let app = args.process.start(&mut tasks, &shutdown)?;
+    let tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let app = args.process.start()?;
     match args.service {
         Target::Service(service) => serve_service(service, &args, app, tasks, &shutdown).await,
         Target::Gateway => {

@@ -55,7 +55,7 @@ pub const BUS_FILE: &str = "bus.db";
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let mut app = args.process.start(&mut tasks, &shutdown)?;
+    let mut app = args.process.start()?;
     let data = DataDir::open(&args.data_dir)?;
     let keys = data.keys()?;
     let keyring = keys.keyring();

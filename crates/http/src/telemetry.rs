@@ -2,6 +2,7 @@
 //! start-up (a second call is harmless, so tests may call them freely).
 
 mod json_lines;
+mod process;
 
 use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
@@ -111,6 +112,14 @@ pub fn install_metrics() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The exposition `/metrics` answers: what the recorder holds, then the process's CPU time,
+/// memory and threads (`process_*`, read as it is rendered).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    process::render(&mut out);
+    out
 }
 
 fn describe() {

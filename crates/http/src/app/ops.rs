@@ -154,7 +154,7 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     match &ops.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
-            handle.render(),
+            crate::telemetry::render(handle),
         )
             .into_response(),
         None => Problem::not_found("metrics are not enabled in this process").into_response(),
