@@ -74,7 +74,7 @@ pub async fn routes(mut app: App, upstreams: &[String]) -> anyhow::Result<App> {
         for path in &paths {
             router = router.route(path, any(forward).with_state(replicas.clone()));
         }
-        app = app.routes(router);
+        app = app.try_routes(router).with_context(|| format!("cannot put {:?} behind the gateway", replicas.urls))?;
     }
     Ok(app)
 }

@@ -256,6 +256,46 @@ async fn openapi_json_is_3_1_with_the_routes_the_bearer_scheme_and_the_problem_s
 }
 
 #[tokio::test]
+async fn openapi_documents_the_answers_the_stack_gives_before_the_handlers() {
+    let statuses = |doc: &Value, path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"].as_object().unwrap().keys().cloned().collect()
+    };
+    let app = spawn(AppOptions::default()).await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(statuses(&doc, "/v1/notes", "post"), ["201", "400", "413", "415", "422", "429"]);
+    assert_eq!(statuses(&doc, "/v1/me", "get"), ["200", "401", "429"]);
+    assert_eq!(statuses(&doc, "/v1/open", "get"), ["200", "429"]);
+    assert!(!statuses(&doc, "/healthz", "get").contains(&"429".to_owned()), "probes are never rate limited");
+    let malformed = &doc["paths"]["/v1/notes"]["post"]["responses"]["400"];
+    assert_eq!(malformed["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
+
+    let unlimited =
+        spawn(AppOptions { rate_limit: RateLimit { per_second: 0, burst: 0 }, ..AppOptions::default() }).await;
+    let doc: Value = unlimited.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(statuses(&doc, "/v1/open", "get"), ["200"]);
+}
+
+mod other_service {
+    /// A second service's `Note`, unlike the toy's.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct Note {
+        pub pages: u32,
+    }
+
+    #[utoipa::path(get, path = "/v1/other", tag = "other", responses((status = 200, body = Note)))]
+    pub async fn other() -> weir_http::Json<Note> {
+        weir_http::Json(Note { pages: 1 })
+    }
+}
+
+#[test]
+#[should_panic(expected = "two services define the OpenAPI schema `Note` differently")]
+fn services_may_not_give_one_schema_name_two_meanings() {
+    let other = OpenApiRouter::new().routes(routes!(other_service::other));
+    let _ = App::new(AppOptions::default()).routes(toy_routes()).routes(other);
+}
+
+#[tokio::test]
 async fn docs_serve_swagger_ui_pointing_at_openapi_json() {
     let app = spawn(AppOptions::default()).await;
     let response = app.get("/docs").await; // redirects to /docs/

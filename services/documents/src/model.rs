@@ -14,6 +14,7 @@ use weir_core::{
 /// classification gave up. A classification that arrives after a failure still wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = DocumentStatus)]
 pub enum Status {
     /// Stored and scanned; waiting for processing.
     Uploaded,

@@ -67,6 +67,7 @@ pub(crate) struct Limits {
 
 /// The form `POST /v1/documents` takes (for the OpenAPI document).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(crate) struct UploadForm {
     /// The document: a PDF, PNG or JPEG file within the size limit (50 MiB by default), with its filename.

@@ -26,6 +26,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
     /// `true` for unread notifications only; `false` (the default) for all.
     #[param(value_type = Option<bool>)]

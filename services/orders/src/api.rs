@@ -106,6 +106,7 @@ pub fn routes(api: Api) -> OpenApiRouter {
 pub struct CreateOrder {
     /// The lines of the order: each product once.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub items: Vec<CreateOrderLine>,
 }
 
@@ -202,6 +203,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 

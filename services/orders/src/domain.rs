@@ -22,6 +22,7 @@ pub const SOURCE: &str = "orders";
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
+#[schema(as = OrderStatus)]
 pub enum Status {
     /// Placed; payment and stock are being handled.
     Pending,

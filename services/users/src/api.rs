@@ -48,10 +48,10 @@ pub(crate) fn routes(state: State) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Registration {
     /// Compared case-insensitively; stored trimmed and lower-cased.
-    #[schema(example = "ada@example.com")]
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// 8 to 128 characters.
-    #[schema(example = "correct horse battery")]
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     pub password: String,
 }
 

@@ -50,6 +50,11 @@ fn is_probe(route: &str) -> bool {
     matches!(route, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// Two services' OpenAPI documents define one schema name differently.
+#[derive(Debug, thiserror::Error)]
+#[error("two services define the OpenAPI schema `{0}` differently; give one another name (`#[schema(as = ...)]`)")]
+pub struct SchemaClash(pub String);
+
 /// How the application treats every request.
 #[derive(Debug, Clone)]
 pub struct AppOptions {
@@ -110,9 +115,28 @@ impl App {
     /// Merges a service's routes (state applied) and their OpenAPI paths. Paths must not
     /// overlap another service's or the operator routes (axum panics on overlaps), and a
     /// service must not set its own fallback.
-    pub fn routes(mut self, routes: OpenApiRouter) -> Self {
+    ///
+    /// # Panics
+    /// On a [`SchemaClash`] (see [`try_routes`](Self::try_routes)).
+    pub fn routes(self, routes: OpenApiRouter) -> Self {
+        self.try_routes(routes).unwrap_or_else(|clash| panic!("{clash}"))
+    }
+
+    /// [`routes`](Self::routes), refusing routes whose OpenAPI document names a schema as
+    /// routes merged before did, with another definition: the merged document would keep one
+    /// of them and describe the other service's answers wrongly.
+    pub fn try_routes(mut self, routes: OpenApiRouter) -> Result<Self, SchemaClash> {
+        let (merged, added) = (&self.routes.get_openapi().components, &routes.get_openapi().components);
+        if let (Some(merged), Some(added)) = (merged, added)
+            && let Some((name, _)) = added
+                .schemas
+                .iter()
+                .find(|(name, schema)| merged.schemas.get(*name).is_some_and(|kept| kept != *schema))
+        {
+            return Err(SchemaClash(name.clone()));
+        }
         self.routes = self.routes.merge(routes);
-        self
+        Ok(self)
     }
 
     /// Adds a check `/readyz` runs; `name` names it in the answer (e.g. `orders-db`, `bus`).
@@ -126,6 +150,7 @@ impl App {
         let mut openapi = self.routes.get_openapi().clone();
         openapi.merge(ops::probes().into_openapi());
         ops::decorate(&mut openapi, &self.options.title, &self.options.version);
+        ops::document_stack_answers(&mut openapi, self.options.rate_limit.per_second > 0);
         openapi
     }
 

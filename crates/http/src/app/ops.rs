@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::{
     PartialSchema, ToSchema,
     openapi::{
-        Components, Info, OpenApi,
+        Components, ContentBuilder, Info, OpenApi, Ref, RefOr, ResponseBuilder,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -180,6 +180,43 @@ pub(crate) fn decorate(openapi: &mut OpenApi, title: &str, version: &str) {
     Problem::schemas(&mut schemas);
     for (name, schema) in schemas {
         components.schemas.entry(name).or_insert(schema);
+    }
+}
+
+/// Documents, on every operation that does not already, the answers the stack gives before or
+/// instead of its handler: a request body that is malformed (400), too large (413), of another
+/// media type (415) or, for JSON, of another shape (422); a bearer-secured operation's missing, expired or forged token (401); and,
+/// when `rate_limited`, a caller over its rate (429) on every operation but the probes.
+pub(crate) fn document_stack_answers(openapi: &mut OpenApi, rate_limited: bool) {
+    let problem = |description: &str| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(Problem::name()))).build();
+        RefOr::T(ResponseBuilder::new().description(description).content("application/problem+json", content).build())
+    };
+    for (path, item) in &mut openapi.paths.paths {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let mut answers = Vec::new();
+            if let Some(body) = &operation.request_body {
+                answers.push(("400", "The body is malformed: the problem says where"));
+                answers.push(("413", "The body is larger than this operation takes"));
+                answers.push(("415", "The body is not of the media type this operation takes"));
+                if matches!(body, RefOr::T(body) if body.content.contains_key("application/json")) {
+                    answers.push((
+                        "422",
+                        "The body is JSON of another shape, or holds invalid values: `errors` names them",
+                    ));
+                }
+            }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                answers.push(("401", "No valid access token: log in again"));
+            }
+            if rate_limited && !super::is_probe(path) {
+                answers.push(("429", "Too many requests from this caller: wait as `Retry-After` says"));
+            }
+            for (status, description) in answers {
+                operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description));
+            }
+        }
     }
 }
 
