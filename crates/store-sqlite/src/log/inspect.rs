@@ -12,7 +12,7 @@ use weir_core::{
     router::dead_letter,
 };
 
-use super::{SqliteLog, WriteOp, open_connection, read_message, transport, writer::LogWriter};
+use super::{SqliteLog, WriteOp, Written, open_connection, read_message, transport, writer::LogWriter};
 
 /// A message as the log holds it.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ pub(crate) struct Disposed {
     /// The letters' original topics, in order.
     pub topics: Vec<String>,
     /// The (topic id, partition bits) redriven to, to wake their consumers.
-    pub written: Vec<(i64, u64)>,
+    pub written: Vec<(i64, Written)>,
 }
 
 impl LogWriter {

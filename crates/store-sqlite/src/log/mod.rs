@@ -322,7 +322,8 @@ impl SqliteLog {
         let (out, deliveries) = tokio::sync::mpsc::unbounded_channel();
         let woken = Arc::new(AtomicU64::new(0));
         let acks = Arc::new(consumer::Acks::default());
-        let member_id = self.inner.registry.add(info.id, member.group.clone(), events_tx.clone(), woken.clone())?;
+        let member_id =
+            self.inner.registry.add(info.id, member.group.clone(), wants.clone(), events_tx.clone(), woken.clone())?;
         let consumer = Consumer::new(consumer::Setup {
             topic: topic.to_owned(),
             info,
@@ -414,6 +415,8 @@ struct RegisteredMember {
     id: u64,
     topic_id: i64,
     group: Arc<str>,
+    /// The event types the member handles (`None`: all); it is not woken for others.
+    wants: Option<TypeFilter>,
     events: mpsc::Sender<Event>,
     /// The [`partition_bit`]s published to since the member last looked; non-zero while a
     /// `Wake` is queued, so a burst of publishes queues one.
@@ -429,6 +432,7 @@ impl Registry {
         &self,
         topic_id: i64,
         group: Arc<str>,
+        wants: Option<TypeFilter>,
         events: mpsc::Sender<Event>,
         woken: Arc<AtomicU64>,
     ) -> bus::Result<u64> {
@@ -438,7 +442,7 @@ impl Registry {
             return Err(bus::Error::Closed);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        members.push(RegisteredMember { id, topic_id, group, events, woken });
+        members.push(RegisteredMember { id, topic_id, group, wants, events, woken });
         Ok(id)
     }
 
@@ -450,9 +454,17 @@ impl Registry {
         self.lock().is_empty()
     }
 
-    /// Tells the topic's members that `partitions` ([`partition_bit`]s) have new messages.
-    pub(crate) fn wake_topic(&self, topic_id: i64, partitions: u64) {
-        for m in self.lock().iter().filter(|m| m.topic_id == topic_id) {
+    /// Tells the topic's members that the `written` partitions have new messages, except the
+    /// members that handle none of their types: a member settles those in place, without a
+    /// handler, when it next reads the partition (woken for another message, or at its poll),
+    /// so waking its thread for them would only move its position sooner.
+    pub(crate) fn wake_topic(&self, topic_id: i64, written: &Written) {
+        let wanted = |m: &&RegisteredMember| match (&m.wants, &written.kinds) {
+            (Some(wants), Some(kinds)) => kinds.iter().any(|kind| wants(kind)),
+            _ => true,
+        };
+        let partitions = written.partitions;
+        for m in self.lock().iter().filter(|m| m.topic_id == topic_id).filter(wanted) {
             if m.woken.fetch_or(partitions, Ordering::AcqRel) == 0 {
                 let _ = m.events.send(Event::Wake);
             }
@@ -470,6 +482,51 @@ impl Registry {
         self.closed.store(true, Ordering::Release);
         for m in members.iter() {
             let _ = m.events.send(Event::Close);
+        }
+    }
+}
+
+/// What publishes wrote to one topic, for waking its members: the partitions
+/// ([`partition_bit`]s) and the messages' event types (`None` once a message had no type).
+#[derive(Debug, Clone)]
+pub(crate) struct Written {
+    pub partitions: u64,
+    pub kinds: Option<Vec<String>>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self { partitions: 0, kinds: Some(Vec::new()) }
+    }
+}
+
+impl Written {
+    /// Counts one message written to `partition`, of type `kind`.
+    pub(crate) fn add(&mut self, partition: u32, kind: Option<&str>) {
+        self.partitions |= partition_bit(partition);
+        match kind {
+            None => self.kinds = None,
+            Some(kind) => {
+                if let Some(kinds) = &mut self.kinds
+                    && !kinds.iter().any(|k| k == kind)
+                {
+                    kinds.push(kind.to_owned());
+                }
+            }
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: Written) {
+        self.partitions |= other.partitions;
+        match (&mut self.kinds, other.kinds) {
+            (Some(kinds), Some(others)) => {
+                for kind in others {
+                    if !kinds.contains(&kind) {
+                        kinds.push(kind);
+                    }
+                }
+            }
+            (kinds, _) => *kinds = None,
         }
     }
 }
@@ -564,6 +621,53 @@ mod tests {
         for garbage in [&buffer[..buffer.len() - 1], &[255, 255, 255, 255][..], &[1, 0][..]] {
             assert_eq!(decode_headers(garbage), None);
             assert_eq!(header_value(garbage, "ce-id"), None, "a value from bytes that do not decode");
+        }
+    }
+
+    #[test]
+    fn members_are_woken_only_for_types_they_handle() {
+        let registry = Registry::default();
+        let member = |wants: Option<TypeFilter>| {
+            let (events, received) = mpsc::channel();
+            registry.add(7, "group".into(), wants, events, Arc::new(AtomicU64::new(0))).unwrap();
+            received
+        };
+        let payments = member(Some(Arc::new(|kind: &str| kind == "payment_failed")));
+        let everything = member(None);
+        let other_topic = {
+            let (events, received) = mpsc::channel();
+            registry.add(8, "group".into(), None, events, Arc::new(AtomicU64::new(0))).unwrap();
+            received
+        };
+        let woken = |received: &mpsc::Receiver<Event>| {
+            let mut n = 0;
+            while let Ok(event) = received.try_recv() {
+                assert!(matches!(event, Event::Wake));
+                n += 1;
+            }
+            n
+        };
+
+        let mut created = Written::default();
+        created.add(0, Some("order_created"));
+        registry.wake_topic(7, &created);
+        assert_eq!((woken(&payments), woken(&everything), woken(&other_topic)), (0, 1, 0));
+
+        // Woken while any message of the batch is theirs, or of no type at all.
+        let mut both = created.clone();
+        let mut failed = Written::default();
+        failed.add(1, Some("payment_failed"));
+        both.merge(failed);
+        assert_eq!(both.partitions, partition_bit(0) | partition_bit(1));
+        let mut untyped = Written::default();
+        untyped.add(2, None);
+        for written in [both, untyped] {
+            // A member that has not looked since its last wake-up is not sent another.
+            registry.lock().iter().for_each(|m| m.woken.store(0, Ordering::SeqCst));
+            registry.wake_topic(7, &written);
+            for received in [&payments, &everything] {
+                assert_eq!(woken(received), 1, "{written:?}");
+            }
         }
     }
 }

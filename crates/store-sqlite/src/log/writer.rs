@@ -4,23 +4,30 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, mpsc},
-    time::Duration,
+    sync::{
+        Arc,
+        mpsc::{self, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
-use weir_core::bus::{self, Message, partition_of};
+use weir_core::bus::{self, Message, TYPE_HEADER, partition_of};
 
 use super::{
-    Event, Registry, encode_headers,
+    Event, Registry, Written, encode_headers,
     inspect::{Disposal, Disposed, LetterError},
-    now_ms, partition_bit,
+    now_ms,
 };
 use crate::sql::{control, space_commits};
 
 /// Operations stop being drained into one batch past this many.
 const MAX_BATCH_OPS: usize = 4096;
+
+/// How long consumers' position commits wait for other operations to commit with (see
+/// [`LogWriter::run`]).
+const HOLD_POSITIONS: Duration = Duration::from_millis(100);
 
 /// Messages one prune operation deletes at most, so that the publishes committed with it wait
 /// for a bounded delete.
@@ -121,8 +128,8 @@ pub(crate) enum WriteOp {
 
 /// An applied operation waiting for the batch's `COMMIT` before it is answered.
 enum Done {
-    /// The topic's id and the partitions written to ([`partition_bit`]s).
-    Publish(oneshot::Sender<bus::Result<()>>, rusqlite::Result<(i64, u64)>),
+    /// The topic's id and what was written to it.
+    Publish(oneshot::Sender<bus::Result<()>>, rusqlite::Result<(i64, Written)>),
     Topic(oneshot::Sender<bus::Result<TopicInfo>>, rusqlite::Result<TopicInfo>),
     Commit(mpsc::Sender<Event>, rusqlite::Result<Vec<u32>>),
     Heartbeat(mpsc::Sender<rusqlite::Result<HeartbeatOutcome>>, rusqlite::Result<HeartbeatOutcome>),
@@ -146,13 +153,44 @@ impl LogWriter {
     }
 
     /// Runs until every sender of `ops` is gone.
+    ///
+    /// Consumers' position commits ([`WriteOp::Commit`]) wait up to [`HOLD_POSITIONS`] for
+    /// anything else to commit with: each of the many consumer threads commits its position on
+    /// its own 100 ms clock, and alone each would be a transaction and an fsync of its own (at
+    /// low load most of the log's commits, ~40 context switches per order). A held position
+    /// costs nothing but redeliveries after a crash, which the consumers' inboxes drop.
     pub(crate) fn run(mut self, ops: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::new();
-        let mut last_commit = std::time::Instant::now();
-        while let Ok(op) = ops.recv() {
-            batch.push(op);
+        let mut last_commit = Instant::now();
+        // When the oldest held position commit arrived.
+        let mut held_since: Option<Instant> = None;
+        loop {
+            let next = match held_since {
+                None => ops.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(since) => ops.recv_timeout((since + HOLD_POSITIONS).saturating_duration_since(Instant::now())),
+            };
+            match next {
+                Ok(op) => {
+                    let holdable = matches!(op, WriteOp::Commit { .. });
+                    batch.push(op);
+                    if holdable && held_since.is_none_or(|since| since.elapsed() < HOLD_POSITIONS) {
+                        held_since.get_or_insert_with(Instant::now);
+                        if batch.len() < MAX_BATCH_OPS {
+                            continue;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if !batch.is_empty() {
+                        self.apply_batch(&mut batch);
+                    }
+                    return;
+                }
+            }
+            held_since = None;
             space_commits(last_commit);
-            last_commit = std::time::Instant::now();
+            last_commit = Instant::now();
             while batch.len() < MAX_BATCH_OPS {
                 match ops.try_recv() {
                     Ok(op) => batch.push(op),
@@ -267,14 +305,14 @@ impl LogWriter {
                 batch_error.as_ref().map(ToString::to_string).unwrap_or_default()
             )))
         };
-        let mut woken: HashMap<i64, u64> = HashMap::new();
+        let mut woken: HashMap<i64, Written> = HashMap::new();
         for d in done {
             match d {
                 Done::Publish(reply, result) => {
                     let result = match (&batch_error, result) {
                         (Some(_), _) => Err(failed("publish batch not committed")),
-                        (None, Ok((topic_id, partitions))) => {
-                            *woken.entry(topic_id).or_default() |= partitions;
+                        (None, Ok((topic_id, written))) => {
+                            woken.entry(topic_id).or_default().merge(written);
                             Ok(())
                         }
                         (None, Err(e)) => Err(bus::Error::transport(e)),
@@ -317,8 +355,8 @@ impl LogWriter {
                     let result = match (&batch_error, result) {
                         (Some(_), _) => Err(failed("redrive or discard not committed").into()),
                         (None, Ok(Disposed { topics, written })) => {
-                            for (topic_id, partitions) in written {
-                                *woken.entry(topic_id).or_default() |= partitions;
+                            for (topic_id, written) in written {
+                                woken.entry(topic_id).or_default().merge(written);
                             }
                             Ok(topics)
                         }
@@ -328,8 +366,8 @@ impl LogWriter {
                 }
             }
         }
-        for (topic_id, partitions) in woken {
-            self.registry.wake_topic(topic_id, partitions);
+        for (topic_id, written) in woken {
+            self.registry.wake_topic(topic_id, &written);
         }
     }
 
@@ -348,17 +386,17 @@ impl LogWriter {
         Ok(info)
     }
 
-    pub(super) fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<(i64, u64)> {
+    pub(super) fn publish(&mut self, topic: &str, messages: &[Message]) -> rusqlite::Result<(i64, Written)> {
         let info = self.topic(topic)?;
         let now = now_ms();
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO messages (topic_id, partition, key, headers, payload, published_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut written = 0;
+        let mut written = Written::default();
         for m in messages {
             let partition = partition_of(&m.key, info.partitions);
-            written |= partition_bit(partition);
+            written.add(partition, m.headers.get(TYPE_HEADER).map(String::as_str));
             let headers = if m.headers.is_empty() {
                 None
             } else {
