@@ -185,8 +185,9 @@ pub(crate) fn decorate(openapi: &mut OpenApi, title: &str, version: &str) {
 
 /// Documents, on every operation that does not already, the answers the stack gives before or
 /// instead of its handler: a request body that is malformed (400), too large (413), of another
-/// media type (415) or, for JSON, of another shape (422); a bearer-secured operation's missing, expired or forged token (401); and,
-/// when `rate_limited`, a caller over its rate (429) on every operation but the probes.
+/// media type (415) or, for JSON, of another shape (422); a bearer-secured operation's missing,
+/// expired or forged token (401); and, when `rate_limited`, a caller over its rate (429) on
+/// every operation but the probes.
 pub(crate) fn document_stack_answers(openapi: &mut OpenApi, rate_limited: bool) {
     let problem = |description: &str| {
         let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(Problem::name()))).build();

@@ -504,29 +504,22 @@ impl Written {
     /// Counts one message written to `partition`, of type `kind`.
     pub(crate) fn add(&mut self, partition: u32, kind: Option<&str>) {
         self.partitions |= partition_bit(partition);
-        match kind {
-            None => self.kinds = None,
-            Some(kind) => {
-                if let Some(kinds) = &mut self.kinds
-                    && !kinds.iter().any(|k| k == kind)
-                {
-                    kinds.push(kind.to_owned());
-                }
-            }
-        }
+        self.add_kind(kind);
     }
 
     pub(crate) fn merge(&mut self, other: Written) {
         self.partitions |= other.partitions;
-        match (&mut self.kinds, other.kinds) {
-            (Some(kinds), Some(others)) => {
-                for kind in others {
-                    if !kinds.contains(&kind) {
-                        kinds.push(kind);
-                    }
-                }
-            }
-            (kinds, _) => *kinds = None,
+        match other.kinds {
+            Some(kinds) => kinds.iter().for_each(|kind| self.add_kind(Some(kind))),
+            None => self.kinds = None,
+        }
+    }
+
+    fn add_kind(&mut self, kind: Option<&str>) {
+        match (kind, &mut self.kinds) {
+            (None, kinds) => *kinds = None,
+            (Some(kind), Some(kinds)) if !kinds.iter().any(|k| k == kind) => kinds.push(kind.to_owned()),
+            (Some(_), _) => {}
         }
     }
 }
@@ -661,6 +654,9 @@ mod tests {
         assert_eq!(both.partitions, partition_bit(0) | partition_bit(1));
         let mut untyped = Written::default();
         untyped.add(2, None);
+        let mut typed_then_untyped = created.clone();
+        typed_then_untyped.merge(untyped.clone());
+        assert_eq!(typed_then_untyped.kinds, None, "a message of no type may be anyone's");
         for written in [both, untyped] {
             // A member that has not looked since its last wake-up is not sent another.
             registry.lock().iter().for_each(|m| m.woken.store(0, Ordering::SeqCst));

@@ -156,9 +156,9 @@ impl LogWriter {
     ///
     /// Consumers' position commits ([`WriteOp::Commit`]) wait up to [`HOLD_POSITIONS`] for
     /// anything else to commit with: each of the many consumer threads commits its position on
-    /// its own 100 ms clock, and alone each would be a transaction and an fsync of its own (at
-    /// low load most of the log's commits, ~40 context switches per order). A held position
-    /// costs nothing but redeliveries after a crash, which the consumers' inboxes drop.
+    /// its own 100 ms clock, and alone each would be a transaction and an fsync of its own. A
+    /// held position costs nothing but redeliveries after a crash, which the consumers' inboxes
+    /// drop.
     pub(crate) fn run(mut self, ops: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::new();
         let mut last_commit = Instant::now();
