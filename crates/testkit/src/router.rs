@@ -565,6 +565,22 @@ pub async fn a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up(b
     assert_eq!(w.effects().await.iter().filter(|(id, _)| *id == e.id.to_string()).count(), 2);
 }
 
+pub async fn a_router_that_fails_stops_the_work_beside_it(backend: &dyn Backend) {
+    let w = World::new(backend).await;
+    // A topic name no transport accepts: the router fails as it starts, with no shutdown asked.
+    let router =
+        Router::new(w.kernel.clone(), w.options.clone()).route("no such topic!", "g", Recorder::new(&w.output));
+    let (stopped, beside_ended) = tokio::sync::oneshot::channel();
+    let beside = |stop: CancellationToken| async move {
+        stop.cancelled().await;
+        let _ = stopped.send(());
+    };
+    let run = w.kernel.run_beside(router, CancellationToken::new(), beside);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run).await.expect("the run ended with its router");
+    assert!(outcome.is_err(), "the router's failure is the run's");
+    assert!(beside_ended.await.is_ok(), "the work beside was told to stop, and had stopped");
+}
+
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
@@ -576,6 +592,7 @@ macro_rules! router_tests {
             a_try_that_times_out_is_retried, shutdown_drains_in_flight_work,
             prepare_runs_before_the_transaction_and_feeds_the_handler, a_failure_in_a_batch_spares_its_batch_mates,
             types_the_handler_does_not_accept_are_skipped,
-            a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up);
+            a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up,
+            a_router_that_fails_stops_the_work_beside_it);
     };
 }

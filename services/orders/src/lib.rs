@@ -16,7 +16,7 @@ pub mod read_model;
 pub mod store;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 use utoipa_axum::router::OpenApiRouter;
 use weir_contracts::topics;
 use weir_core::{Kernel, Router, RouterOptions, db, store::projection};
@@ -97,11 +97,7 @@ impl Service {
         let router = Router::new(kernel.clone(), config.router)
             .route(topics::INVENTORY, NAME, consumers::Prices)
             .route(topics::ORDER_COMMANDS, NAME, consumers::Commands);
-        let checkpoint = tokio::spawn(read_model::OrderViews::keep_checkpoint(kernel.db.clone(), shutdown.clone()));
-        let routed = kernel.run(router, shutdown).await;
-        if let Err(e) = checkpoint.await {
-            error!(error = %e, "the order read model's checkpoint task failed");
-        }
-        Ok(routed?)
+        let db = kernel.db.clone();
+        Ok(kernel.run_beside(router, shutdown, |stop| read_model::OrderViews::keep_checkpoint(db, stop)).await?)
     }
 }

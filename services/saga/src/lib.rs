@@ -13,7 +13,6 @@ pub mod machine;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 use weir_contracts::topics;
@@ -107,15 +106,10 @@ impl Service {
             .route(topics::PAYMENTS, SOURCE, handler.clone())
             .route(topics::INVENTORY, SOURCE, handler.clone())
             .route(topics::SAGA_TIMEOUTS, SOURCE, handler);
-        // Timers fire into this service's outbox, so the relay started by `kernel.run` publishes
-        // them; a timer fired during shutdown waits in the outbox for the next start.
+        // Timers fire into this service's outbox, so the kernel's relay publishes them; a timer
+        // fired as the service stops waits in the outbox for the next start.
         let scheduler = Scheduler::new(self.kernel.db.clone(), self.kernel.outbox.clone());
-        let timers = tokio::spawn(scheduler.run(shutdown.clone()));
-        let routed = self.kernel.run(router, shutdown).await;
-        if let Err(e) = timers.await {
-            error!(error = %e, "the saga timer scheduler task failed");
-        }
-        Ok(routed?)
+        Ok(self.kernel.run_beside(router, shutdown, |stop| scheduler.run(stop)).await?)
     }
 
     /// The state of `order_id`'s saga (`awaiting_payment`, `awaiting_stock`, `compensating`,

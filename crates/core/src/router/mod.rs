@@ -255,12 +255,27 @@ impl Kernel {
     /// Runs `router` and this kernel's outbox relay until `shutdown` fires. The relay stops only
     /// after the router has drained, so the outputs of the last handled messages still leave.
     pub async fn run(&self, router: Router, shutdown: CancellationToken) -> bus::Result<()> {
-        let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(self.outbox.relay(self.db.clone(), self.publisher.clone()).run(relay_stop.clone()));
+        self.run_beside(router, shutdown, |_| async {}).await
+    }
+
+    /// [`run`](Self::run), with a service's own background work beside the router (the saga's
+    /// timers, a read model's checkpoint): `beside` gets a token that is cancelled, as the
+    /// relay's is, once the router has stopped — drained after `shutdown`, or failed — and the
+    /// run returns when both have ended.
+    pub async fn run_beside<F, Fut>(&self, router: Router, shutdown: CancellationToken, beside: F) -> bus::Result<()>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(self.outbox.relay(self.db.clone(), self.publisher.clone()).run(stop.clone()));
+        let beside = tokio::spawn(beside(stop.clone()));
         let routed = router.run(shutdown).await;
-        relay_stop.cancel();
-        if let Err(e) = relay.await {
-            error!(error = %e, "the outbox relay task failed");
+        stop.cancel();
+        for (task, name) in [(relay, "the outbox relay"), (beside, "a background task of the service")] {
+            if let Err(e) = task.await {
+                error!(error = %e, "{name} failed");
+            }
         }
         routed
     }
