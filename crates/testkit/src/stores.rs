@@ -504,17 +504,23 @@ pub async fn sagas_use_optimistic_concurrency(factory: &dyn DatabaseFactory) {
 pub async fn finished_sagas_are_forgotten_after_their_retention(factory: &dyn DatabaseFactory) {
     let db = fresh(factory).await;
     let mut tx = db.begin().await.unwrap();
-    for (id, done) in [("running", false), ("finished-long-ago", true), ("finished-just-now", true)] {
+    let ids =
+        [("running", false), ("finished-long-ago", true), ("finished-an-hour-ago", true), ("finished-just-now", true)];
+    for (id, done) in ids {
         sagas::save(tx.as_mut(), "fulfilment", id, b"s", 0, done).await.unwrap();
     }
     tx.commit().await.unwrap();
     let hour_ago = store::now_millis() - 3_600_000;
     let mut tx = db.begin().await.unwrap();
-    let sql = "UPDATE weir_sagas SET updated_at = $1 WHERE id IN ('running', 'finished-long-ago')";
-    assert_eq!(tx.execute(sql, &[hour_ago.into()]).await.unwrap(), 2);
+    let sql =
+        "UPDATE weir_sagas SET updated_at = $1 WHERE id IN ('running', 'finished-long-ago', 'finished-an-hour-ago')";
+    assert_eq!(tx.execute(sql, &[hour_ago.into()]).await.unwrap(), 3);
     tx.commit().await.unwrap();
 
-    assert_eq!(sagas::prune(db.as_ref(), store::now_millis() - 60_000).await.unwrap(), 1);
+    let minute_ago = store::now_millis() - 60_000;
+    assert_eq!(sagas::prune(db.as_ref(), minute_ago, 1).await.unwrap(), 1, "at most the limit");
+    assert_eq!(sagas::prune(db.as_ref(), minute_ago, 10).await.unwrap(), 1);
+    assert_eq!(sagas::prune(db.as_ref(), minute_ago, 10).await.unwrap(), 0);
     let left = db.query("SELECT id FROM weir_sagas ORDER BY id", &[]).await.unwrap();
     let left: Vec<&str> = left.iter().map(|r| r.text(0).unwrap()).collect();
     assert_eq!(left, ["finished-just-now", "running"], "a running saga is kept however old");

@@ -54,11 +54,21 @@ pub async fn contains(db: &dyn Database, consumer: &str, event_id: Uuid) -> Resu
 /// after a crash comes within seconds; a redriven dead letter is addressed to the group that
 /// gave up on it, which has no record of it), or a late duplicate slips through.
 pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
-    super::delete_older(
-        db,
-        "DELETE FROM weir_inbox WHERE (consumer, event_id) IN (
-            SELECT consumer, event_id FROM weir_inbox WHERE handled_at < $1 LIMIT $2)",
-        before_millis,
-    )
-    .await
+    const CHUNK: i64 = 5_000;
+    let mut total = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM weir_inbox WHERE (consumer, event_id) IN (
+                    SELECT consumer, event_id FROM weir_inbox WHERE handled_at < $1 LIMIT $2)",
+                &[before_millis.into(), CHUNK.into()],
+            )
+            .await?;
+        tx.commit().await?;
+        total += deleted;
+        if deleted < CHUNK as u64 {
+            return Ok(total);
+        }
+    }
 }

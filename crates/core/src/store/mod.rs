@@ -111,20 +111,3 @@ const MIGRATIONS: &[Migration] = &[
 /// What [`sagas::prune`] looks up: only finished instances are in it, so a running saga's
 /// saves do not maintain it.
 const FINISHED_SAGAS: &str = "CREATE INDEX weir_sagas_finished ON weir_sagas (updated_at) WHERE done = 1";
-
-/// Deletes, a few thousand rows per transaction (so other writers wait for a bounded delete),
-/// what `delete` selects; returns how many. `delete` takes the parameters `$1` =
-/// `before_millis` and `$2` = the most rows to delete.
-async fn delete_older(db: &dyn Database, delete: &str, before_millis: i64) -> Result<u64> {
-    const CHUNK: u64 = 5_000;
-    let mut total = 0;
-    loop {
-        let mut tx = db.begin().await?;
-        let deleted = tx.execute(delete, &[before_millis.into(), (CHUNK as i64).into()]).await?;
-        tx.commit().await?;
-        total += deleted;
-        if deleted < CHUNK {
-            return Ok(total);
-        }
-    }
-}

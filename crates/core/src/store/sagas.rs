@@ -74,20 +74,23 @@ pub async fn save(
     Ok(expected + 1)
 }
 
-/// Forgets the finished instances last saved before `before_millis`, a few thousand per
+/// Forgets at most `limit` finished instances last saved before `before_millis`, in one
 /// transaction; returns how many. An event for a forgotten instance finds none and is handled
 /// as if the saga had not started, so keep finished instances at least as long as the inbox
 /// keeps its records (every copy of an event has arrived by then; see [`inbox::prune`]).
 ///
 /// [`inbox::prune`]: crate::store::inbox::prune
-pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
-    super::delete_older(
-        db,
-        "DELETE FROM weir_sagas WHERE (saga_type, id) IN (
-            SELECT saga_type, id FROM weir_sagas WHERE done = 1 AND updated_at < $1 LIMIT $2)",
-        before_millis,
-    )
-    .await
+pub async fn prune(db: &dyn Database, before_millis: i64, limit: u64) -> Result<u64> {
+    let mut tx = db.begin().await?;
+    let deleted = tx
+        .execute(
+            "DELETE FROM weir_sagas WHERE (saga_type, id) IN (
+                SELECT saga_type, id FROM weir_sagas WHERE done = 1 AND updated_at < $1 LIMIT $2)",
+            &[before_millis.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Schedules `event` to be published to `topic` at `due_at` (ms since the epoch). A timer with
@@ -121,21 +124,27 @@ pub struct Scheduler {
 
 /// How often the scheduler holding the lease forgets finished sagas.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Finished sagas forgotten per round of the scheduler: a backlog of them (the first prune
+/// after an upgrade, an hour of a busy day) goes a chunk per round, between the rounds' timers,
+/// so no timer waits for more than one chunk's delete.
+const PRUNE_CHUNK: u64 = 5_000;
 
 impl Scheduler {
     pub fn new(db: Db, outbox: Outbox) -> Self {
         Self { db, outbox, poll: Duration::from_millis(200), retention: Some(Duration::from_secs(7 * 24 * 3600)) }
     }
 
-    /// Forgets the finished sagas older than the retention, when it is time to.
+    /// Forgets a chunk of the finished sagas older than the retention, when it is time to; while
+    /// chunks come back full, it is time again at the next round.
     async fn prune_when_due(&self, next: &mut Instant) {
         let Some(retention) = self.retention else { return };
         if Instant::now() < *next {
             return;
         }
-        *next = Instant::now() + PRUNE_EVERY;
         let before = now_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-        match prune(self.db.as_ref(), before).await {
+        let forgotten = prune(self.db.as_ref(), before, PRUNE_CHUNK).await;
+        *next = Instant::now() + if matches!(forgotten, Ok(PRUNE_CHUNK)) { Duration::ZERO } else { PRUNE_EVERY };
+        match forgotten {
             Ok(0) => {}
             Ok(forgotten) => debug!(forgotten, "forgot finished sagas"),
             Err(e) => warn!(error = %e, "forgetting finished sagas failed; it is tried again later"),
