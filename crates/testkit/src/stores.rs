@@ -12,7 +12,7 @@
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -526,6 +526,36 @@ pub async fn finished_sagas_are_forgotten_after_their_retention(factory: &dyn Da
     assert_eq!(left, ["finished-just-now", "running"], "a running saga is kept however old");
 }
 
+pub async fn the_scheduler_forgets_a_backlog_a_chunk_per_round(factory: &dyn DatabaseFactory) {
+    let db = fresh(factory).await;
+    let mut tx = db.begin().await.unwrap();
+    for id in ["a", "b", "c", "d", "e"] {
+        sagas::save(tx.as_mut(), "fulfilment", id, b"s", 0, true).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let hour_ago = store::now_millis() - 3_600_000;
+    assert_eq!(tx.execute("UPDATE weir_sagas SET updated_at = $1", &[hour_ago.into()]).await.unwrap(), 5);
+    tx.commit().await.unwrap();
+    let left = async || db.query("SELECT count(*) FROM weir_sagas", &[]).await.unwrap()[0].i64(0).unwrap();
+
+    let mut scheduler = sagas::Scheduler::new(db.clone(), Outbox::new(Keyring::generate("k")));
+    scheduler.retention = Some(Duration::from_secs(60));
+    scheduler.prune_chunk = 2;
+    let mut next = Instant::now() + Duration::from_secs(60);
+    scheduler.prune_when_due(&mut next).await;
+    assert_eq!(left().await, 5, "nothing before it is time");
+    next = Instant::now();
+    for expected in [3, 1] {
+        scheduler.prune_when_due(&mut next).await;
+        assert_eq!(left().await, expected, "one chunk per round");
+        assert!(next <= Instant::now(), "a full chunk: the next round goes on");
+    }
+    scheduler.prune_when_due(&mut next).await;
+    assert_eq!(left().await, 0);
+    assert!(next > Instant::now() + Duration::from_secs(3000), "a short chunk: the backlog is gone, next in an hour");
+}
+
 pub async fn timers_fire_once_through_the_outbox(factory: &dyn DatabaseFactory) {
     let db = fresh(factory).await;
     let outbox = Outbox::new(Keyring::generate("k"));
@@ -666,6 +696,7 @@ macro_rules! store_conformance_tests {
             inbox_deduplicates_within_transactions, inbox_records_many_at_once, inbox_pruning_goes_on_chunk_by_chunk,
             projections_checkpoint_and_rebuild, projections_apply_each_event_once_under_concurrent_runners,
             sagas_use_optimistic_concurrency, finished_sagas_are_forgotten_after_their_retention,
+            the_scheduler_forgets_a_backlog_a_chunk_per_round,
             timers_fire_once_through_the_outbox,
             the_relay_deletes_published_rows_soon_and_misses_no_late_commit,
             leases_are_exclusive_until_they_expire, transactions_are_atomic);

@@ -120,30 +120,38 @@ pub struct Scheduler {
     /// How long finished instances are kept ([`prune`]d once an hour); `None` keeps them.
     /// The default is a week, as the router's `inbox_retention`.
     pub retention: Option<Duration>,
+    /// Finished sagas forgotten per round: a backlog of them (the first prune after an upgrade,
+    /// an hour of a busy day) goes a chunk per round, between the rounds' timers, so no timer
+    /// waits for more than one chunk's delete.
+    pub prune_chunk: u64,
 }
 
 /// How often the scheduler holding the lease forgets finished sagas.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Finished sagas forgotten per round of the scheduler: a backlog of them (the first prune
-/// after an upgrade, an hour of a busy day) goes a chunk per round, between the rounds' timers,
-/// so no timer waits for more than one chunk's delete.
-const PRUNE_CHUNK: u64 = 5_000;
 
 impl Scheduler {
     pub fn new(db: Db, outbox: Outbox) -> Self {
-        Self { db, outbox, poll: Duration::from_millis(200), retention: Some(Duration::from_secs(7 * 24 * 3600)) }
+        Self {
+            db,
+            outbox,
+            poll: Duration::from_millis(200),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            prune_chunk: 5_000,
+        }
     }
 
-    /// Forgets a chunk of the finished sagas older than the retention, when it is time to; while
-    /// chunks come back full, it is time again at the next round.
-    async fn prune_when_due(&self, next: &mut Instant) {
+    /// Forgets a chunk of the finished sagas older than the retention if `next` has come, and
+    /// moves `next`: to now while chunks come back full (the next round goes on), else an hour
+    /// on. [`run`](Self::run) calls it once a round, after firing the due timers.
+    pub async fn prune_when_due(&self, next: &mut Instant) {
         let Some(retention) = self.retention else { return };
         if Instant::now() < *next {
             return;
         }
         let before = now_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-        let forgotten = prune(self.db.as_ref(), before, PRUNE_CHUNK).await;
-        *next = Instant::now() + if matches!(forgotten, Ok(PRUNE_CHUNK)) { Duration::ZERO } else { PRUNE_EVERY };
+        let forgotten = prune(self.db.as_ref(), before, self.prune_chunk).await;
+        let more = matches!(forgotten, Ok(n) if n == self.prune_chunk);
+        *next = Instant::now() + if more { Duration::ZERO } else { PRUNE_EVERY };
         match forgotten {
             Ok(0) => {}
             Ok(forgotten) => debug!(forgotten, "forgot finished sagas"),
