@@ -150,7 +150,7 @@ impl Scheduler {
         }
         let before = now_millis() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
         let forgotten = prune(self.db.as_ref(), before, self.prune_chunk).await;
-        let more = matches!(forgotten, Ok(n) if n == self.prune_chunk);
+        let more = matches!(forgotten, Ok(n) if n > 0 && n == self.prune_chunk);
         *next = Instant::now() + if more { Duration::ZERO } else { PRUNE_EVERY };
         match forgotten {
             Ok(0) => {}
