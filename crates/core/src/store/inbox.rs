@@ -49,12 +49,14 @@ pub async fn contains(db: &dyn Database, consumer: &str, event_id: Uuid) -> Resu
     Ok(!rows.is_empty())
 }
 
+/// Records [`prune`] deletes per transaction, so that other writers wait for a bounded delete.
+const PRUNE_CHUNK: u64 = 5_000;
+
 /// Forgets the records older than `before_millis`, a few thousand per transaction; returns
 /// how many. Keep records longer than any copy of an event can take to arrive (a redelivery
 /// after a crash comes within seconds; a redriven dead letter is addressed to the group that
 /// gave up on it, which has no record of it), or a late duplicate slips through.
 pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
-    const CHUNK: i64 = 5_000;
     let mut total = 0;
     loop {
         let mut tx = db.begin().await?;
@@ -62,12 +64,12 @@ pub async fn prune(db: &dyn Database, before_millis: i64) -> Result<u64> {
             .execute(
                 "DELETE FROM weir_inbox WHERE (consumer, event_id) IN (
                     SELECT consumer, event_id FROM weir_inbox WHERE handled_at < $1 LIMIT $2)",
-                &[before_millis.into(), CHUNK.into()],
+                &[before_millis.into(), (PRUNE_CHUNK as i64).into()],
             )
             .await?;
         tx.commit().await?;
         total += deleted;
-        if deleted < CHUNK as u64 {
+        if deleted < PRUNE_CHUNK {
             return Ok(total);
         }
     }

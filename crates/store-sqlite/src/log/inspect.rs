@@ -114,9 +114,9 @@ fn stored(conn: &Connection, id: i64) -> rusqlite::Result<Option<Stored>> {
     conn.prepare_cached(&format!("{SELECT} WHERE m.id = ?1"))?.query_row([id], read_stored).optional()
 }
 
-/// Runs `read` on a fresh read-only connection to the file at `path`, off the async threads.
 impl SqliteLog {
-    /// Runs `read` on the inspection connection, off the async runtime.
+    /// Runs `read` on the inspection connection (read-only, opened by the first read and kept),
+    /// off the async runtime.
     async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -134,9 +134,7 @@ impl SqliteLog {
         };
         tokio::task::spawn_blocking(job).await.map_err(bus::Error::transport)?.map_err(transport)
     }
-}
 
-impl SqliteLog {
     /// Messages of the log in publication order (see [`Browse`]). They stay where they are:
     /// nothing is consumed or settled.
     pub async fn browse(&self, query: Browse) -> bus::Result<Vec<Stored>> {
