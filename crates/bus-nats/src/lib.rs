@@ -478,6 +478,29 @@ impl Subscriber for NatsBus {
         Ok(Subscription::new(live.member()))
     }
 
+    /// The group's consumer's undelivered plus unacked messages (`num_pending` +
+    /// `num_ack_pending`); a group without a consumer yet lags by the whole stream.
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        validate_name(topic)?;
+        validate_name(group)?;
+        let mut stream = match shared.js.get_stream(self.stream_name(topic)).await {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+                return Ok(0);
+            }
+            Err(e) => return Err(shared.error(e)),
+        };
+        match stream.consumer_info(consumer_name(group)).await {
+            Ok(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+            Err(e) if matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::NotFound) => {
+                Ok(stream.info().await.map_err(|e| shared.error(e))?.state.messages)
+            }
+            Err(e) => Err(shared.error(e)),
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
     }

@@ -23,6 +23,11 @@
 //! - **Thread safety.** Publishers and subscribers are `Send + Sync` and cheap to share
 //!   behind an `Arc`; a [`Subscription`] is owned by one task, and its deliveries may be acked
 //!   from any task.
+//! - **Lag.** [`Subscriber::lag`] counts the messages of a topic that a group has not settled
+//!   yet — never delivered, delivered and unacked, or waiting for a redelivery after a nack —
+//!   as the broker knows it: a count may trail an ack by the transport's commit interval. A
+//!   group that never subscribed lags by every retained message; a topic never published to
+//!   has no lag.
 //! - **Cancellation.** Dropping the future of `publish` before it returns leaves the batch either
 //!   wholly published or not at all. Dropping a [`Subscription`] stops delivery; its unacked
 //!   deliveries are redelivered later. Acking a delivery after its subscription was dropped is
@@ -136,6 +141,11 @@ pub trait Subscriber: Send + Sync + 'static {
         let _ = wants;
         self.subscribe(topic, group).await
     }
+
+    /// How many messages of `topic` `group` has not settled yet (see the contract's **Lag**):
+    /// the `weir_consumer_lag` gauge. Asking creates nothing: an unknown topic or group is
+    /// answered from what the broker holds.
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64>;
 
     fn capabilities(&self) -> Capabilities;
 }

@@ -36,6 +36,10 @@ impl Subscriber for DuplicateDeliveries {
         Ok(Subscription::new(Doubled { inner, again: Arc::default() }))
     }
 
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        self.inner.lag(topic, group).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

@@ -100,6 +100,7 @@ macro_rules! __bus_conformance_tests {
             nack_holds_back_only_its_key,
             invalid_names_are_errors,
             valid_names_work,
+            lag_counts_unsettled_messages,
         );
     };
 }
@@ -743,6 +744,39 @@ pub async fn valid_names_work(factory: &dyn TransportFactory) {
     }
 }
 
+/// [`Subscriber::lag`] counts what a group has not settled: nothing on a topic never published
+/// to, every message for a group that never subscribed, and for a group that consumed part the
+/// undelivered ones plus those delivered and not acked — also one nacked and waiting out its
+/// delay. The count may trail an ack by the transport's commit interval: the case waits for it.
+pub async fn lag_counts_unsettled_messages(factory: &dyn TransportFactory) {
+    const MESSAGES: u64 = 10;
+    const ACKED: u64 = 4;
+    let bus = Bus::open(factory).await;
+    let topic = unique_topic("lag");
+    let group = unique_group("lag");
+    let idle = unique_group("lag-idle");
+    let patience = factory.patience();
+    lag_settles(&bus, &unique_topic("lag-none"), &group, 0, patience, "a topic never published to").await;
+    bus.publish(&topic, (0..MESSAGES).map(|i| numbered(&format!("k{i}"), 0)).collect()).await;
+    lag_settles(&bus, &topic, &idle, MESSAGES, patience, "a group that never subscribed").await;
+
+    let mut sub = bus.subscribe(&topic, &group).await;
+    for _ in 0..ACKED {
+        let delivery = expect(&mut sub, patience, "a message to ack").await;
+        delivery.ack().await.unwrap_or_else(|e| panic!("ack failed: {e}"));
+    }
+    let held = expect(&mut sub, patience, "a message to hold").await;
+    lag_settles(&bus, &topic, &group, MESSAGES - ACKED, patience, "a group holding one delivery unacked").await;
+    held.nack(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("nack failed: {e}"));
+    sleep(Duration::from_secs(1)).await;
+    lag_settles(&bus, &topic, &group, MESSAGES - ACKED, patience, "a group with one message nacked for a minute")
+        .await;
+    let next = expect(&mut sub, patience, "a message after the nacked one").await;
+    next.ack().await.unwrap_or_else(|e| panic!("ack failed: {e}"));
+    lag_settles(&bus, &topic, &group, MESSAGES - ACKED - 1, patience, "after one more ack").await;
+    lag_settles(&bus, &topic, &idle, MESSAGES, patience, "the idle group, after the other group acked").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
@@ -775,6 +809,19 @@ impl Bus {
             .subscribe(topic, group)
             .await
             .unwrap_or_else(|e| panic!("subscribe to {topic} as {group} failed: {e}"))
+    }
+}
+
+/// Waits until `group`'s lag on `topic` is `expected`; fails with the last count after `within`.
+async fn lag_settles(bus: &Bus, topic: &str, group: &str, expected: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let lag = bus.subscriber.lag(topic, group).await.unwrap_or_else(|e| panic!("lag of {what} failed: {e}"));
+        if lag == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "lag of {what} is {lag}, not {expected}, after {within:?}");
+        sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -103,6 +103,13 @@ impl Stored {
     }
 }
 
+/// A group's unsettled messages of a topic: past its position in each partition, or parked.
+const UNSETTLED: &str = "
+SELECT (SELECT count(*) FROM topics t JOIN messages m ON m.topic_id = t.id
+         WHERE t.name = ?1 AND m.id > coalesce(
+           (SELECT position FROM cursors c WHERE c.grp = ?2 AND c.topic_id = t.id AND c.partition = m.partition), 0))
+     + (SELECT count(*) FROM topics t JOIN retries r ON r.topic_id = t.id WHERE t.name = ?1 AND r.grp = ?2)";
+
 fn browse(conn: &Connection, query: &Browse) -> rusqlite::Result<Vec<Stored>> {
     let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
     conn.prepare(&format!("{SELECT} WHERE (?1 IS NULL OR t.name GLOB ?1) AND m.id > ?2 ORDER BY m.id LIMIT ?3"))?
@@ -145,6 +152,16 @@ impl SqliteLog {
     /// what comes next.
     pub async fn last_id(&self) -> bus::Result<i64> {
         self.read(|conn| conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0))).await
+    }
+
+    /// What [`Subscriber::lag`](bus::Subscriber::lag) counts.
+    pub(crate) async fn unsettled(&self, topic: &str, group: &str) -> bus::Result<u64> {
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        self.read(move |conn| {
+            let count: i64 = conn.prepare_cached(UNSETTLED)?.query_row(params![topic, group], |r| r.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 
     /// The dead letters of every topic (or of `query.topic`), oldest first, without consuming

@@ -303,6 +303,15 @@ impl Subscriber for SqliteLog {
         self.join(topic, group, Some(wants)).await
     }
 
+    /// Messages past the group's committed position in each partition, plus those it parked
+    /// for redelivery. Positions are committed every [`LogOptions::commit_interval`], so the
+    /// count trails acks by that much.
+    async fn lag(&self, topic: &str, group: &str) -> bus::Result<u64> {
+        validate_name(topic)?;
+        validate_name(group)?;
+        self.unsettled(topic, group).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
     }
