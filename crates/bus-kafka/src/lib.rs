@@ -1,0 +1,1 @@
+//! Kafka transport for Weir's bus ports (being written).

@@ -1,0 +1,1 @@
+//! RabbitMQ transport for Weir's bus ports (being written).

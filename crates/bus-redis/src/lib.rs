@@ -1,0 +1,1 @@
+//! Redis Streams transport for Weir's bus ports (being written).
