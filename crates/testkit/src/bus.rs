@@ -769,8 +769,7 @@ pub async fn lag_counts_unsettled_messages(factory: &dyn TransportFactory) {
     lag_settles(&bus, &topic, &group, MESSAGES - ACKED, patience, "a group holding one delivery unacked").await;
     held.nack(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("nack failed: {e}"));
     sleep(Duration::from_secs(1)).await;
-    lag_settles(&bus, &topic, &group, MESSAGES - ACKED, patience, "a group with one message nacked for a minute")
-        .await;
+    lag_settles(&bus, &topic, &group, MESSAGES - ACKED, patience, "a group with one message nacked for a minute").await;
     let next = expect(&mut sub, patience, "a message after the nacked one").await;
     next.ack().await.unwrap_or_else(|e| panic!("ack failed: {e}"));
     lag_settles(&bus, &topic, &group, MESSAGES - ACKED - 1, patience, "after one more ack").await;

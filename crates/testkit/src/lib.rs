@@ -1,11 +1,12 @@
 //! Test support shared by every Weir crate: the conformance suites that every transport
 //! ([`bus`]) and every database adapter ([`stores`]) must pass, written once and instantiated
 //! per adapter in this crate's `tests/`; and [`app`], the harness of the services' black-box
-//! tests. Not for production code.
+//! tests; [`server`], brokers a test starts for itself. Not for production code.
 
 pub mod app;
 pub mod bus;
 pub mod router;
+pub mod server;
 pub mod stores;
 
 /// A loopback port that is free now, for a server that another process will bind — or bind
