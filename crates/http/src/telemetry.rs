@@ -129,6 +129,7 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency, by method and route"
     );
+    weir_core::router::backlog::describe();
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ impl World {
             },
             drain_timeout: Duration::from_secs(5),
             inbox_retention: None,
+            ..RouterOptions::default()
         };
         Self {
             kernel: Kernel { db, outbox: Outbox::new(Keyring::generate("test")), publisher, subscriber },
@@ -581,6 +582,92 @@ pub async fn a_router_that_fails_stops_the_work_beside_it(backend: &dyn Backend)
     assert!(beside_ended.await.is_ok(), "the work beside was told to stop, and had stopped");
 }
 
+/// Waits in `prepare` until the test lets it through (no transaction is open meanwhile); then
+/// records an effect and emits an output, or fails for good on a negative `n`.
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    output: String,
+}
+
+#[async_trait]
+impl Handler for Gated {
+    async fn prepare(&self, _event: &Event) -> Result<Option<weir_core::Prepared>, HandlerError> {
+        self.gate.acquire().await.map_err(|e| HandlerError::transient(e.to_string()))?.forget();
+        Ok(None)
+    }
+
+    async fn handle(&self, event: &Event, ctx: &mut Context<'_>) -> Result<Vec<Outgoing>, HandlerError> {
+        let n = picky_n(event)?;
+        if n < 0 {
+            return Err(HandlerError::permanent("a negative n can never be handled"));
+        }
+        ctx.tx()
+            .execute("INSERT INTO effects (event_id, n) VALUES ($1, $2)", &[event.id.to_string().into(), n.into()])
+            .await?;
+        let out = Event::new("testkit", "thing_recorded", &event.subject, &json!({ "n": n })).unwrap();
+        Ok(vec![Outgoing::new(&self.output, out)])
+    }
+}
+
+/// `/metrics` of a kernel's run: the consumer lag counts every message a stuck consumer has
+/// not settled, then none once it is let through; the outbox drains; dead letters are counted
+/// per topic.
+pub async fn backlog_gauges_count_what_waits(backend: &dyn Backend) {
+    const WAITING: usize = 12;
+    const POISON: usize = 3;
+    let metrics = weir_http::telemetry::install_metrics();
+    let mut w = World::new(backend).await;
+    w.options.backlog_interval = Duration::from_millis(50);
+    w.options.attempt_timeout = Duration::from_secs(60);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let router = w.router().route(&w.input, "suite", Gated { gate: gate.clone(), output: w.output.clone() });
+    let shutdown = CancellationToken::new();
+    let kernel = w.kernel.clone();
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { kernel.run(router, shutdown).await }
+    });
+    let gauge = |name: &str, labels: &[(&str, &str)]| {
+        let rendered = weir_http::telemetry::render(&metrics);
+        rendered
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .find(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let settles = |name: &'static str, labels: Vec<(&'static str, String)>, expected: f64| {
+        let gauge = &gauge;
+        async move {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let value = gauge(name, &labels);
+                if value == Some(expected) {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{name} {labels:?} is {value:?}, not {expected}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let lag = || vec![("topic", w.input.clone()), ("group", "suite".to_owned())];
+
+    w.publish(&(0..WAITING as i64).map(|n| w.event(n)).collect::<Vec<_>>()).await;
+    settles("weir_consumer_lag", lag(), WAITING as f64).await;
+    settles("weir_dead_letters", vec![("topic", w.input.clone())], 0.0).await;
+
+    gate.add_permits(WAITING + POISON);
+    w.wait_for_effects(WAITING).await;
+    settles("weir_consumer_lag", lag(), 0.0).await;
+    settles("weir_outbox_backlog", vec![("group", "suite".to_owned())], 0.0).await;
+
+    w.publish(&(0..POISON).map(|_| w.event(-1)).collect::<Vec<_>>()).await;
+    settles("weir_dead_letters", vec![("topic", w.input.clone())], POISON as f64).await;
+    settles("weir_consumer_lag", lag(), 0.0).await;
+    shutdown.cancel();
+    run.await.expect("the run does not panic").expect("the run ends cleanly");
+}
+
 #[macro_export]
 macro_rules! router_tests {
     ($backend:expr) => {
@@ -593,6 +680,6 @@ macro_rules! router_tests {
             prepare_runs_before_the_transaction_and_feeds_the_handler, a_failure_in_a_batch_spares_its_batch_mates,
             types_the_handler_does_not_accept_are_skipped,
             a_redriven_letter_is_handled_again_only_by_the_group_that_gave_up,
-            a_router_that_fails_stops_the_work_beside_it);
+            a_router_that_fails_stops_the_work_beside_it, backlog_gauges_count_what_waits);
     };
 }

@@ -78,6 +78,7 @@
 //! finish for up to [`RouterOptions::drain_timeout`], then returns. Anything unsettled is
 //! redelivered later (and deduplicated by the inbox).
 
+pub mod backlog;
 pub mod dead_letter;
 pub mod retry;
 
@@ -270,9 +271,14 @@ impl Kernel {
         let stop = CancellationToken::new();
         let relay = tokio::spawn(self.outbox.relay(self.db.clone(), self.publisher.clone()).run(stop.clone()));
         let beside = tokio::spawn(beside(stop.clone()));
+        let routes = router.routes.iter().map(|r| (r.topic.clone(), r.group.clone())).collect();
+        let every = router.options.backlog_interval;
+        let gauges = tokio::spawn(backlog::report(self.clone(), routes, every, stop.clone()));
         let routed = router.run(shutdown).await;
         stop.cancel();
-        for (task, name) in [(relay, "the outbox relay"), (beside, "a background task of the service")] {
+        let tasks =
+            [(relay, "the outbox relay"), (beside, "a background task of the service"), (gauges, "the backlog gauges")];
+        for (task, name) in tasks {
             if let Err(e) = task.await {
                 error!(error = %e, "{name} failed");
             }
@@ -298,6 +304,9 @@ pub struct RouterOptions {
     ///
     /// [`inbox::prune`]: crate::store::inbox::prune
     pub inbox_retention: Option<Duration>,
+    /// How often [`Kernel::run`] reads the backlog gauges (consumer lag, dead letters, outbox:
+    /// see [`backlog`]).
+    pub backlog_interval: Duration,
 }
 
 /// `weir_handler_skipped_total` for a route: messages of types its handler does not take. A
@@ -322,6 +331,7 @@ impl Default for RouterOptions {
             retry: RetryPolicy::default(),
             drain_timeout: Duration::from_secs(10),
             inbox_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            backlog_interval: Duration::from_secs(5),
         }
     }
 }
