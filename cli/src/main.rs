@@ -4,6 +4,7 @@
 //! redrives its dead letters; `weir replay` rebuilds a read model; `weir bench` measures.
 
 mod bench;
+mod bus;
 mod classifier;
 mod classify;
 mod data_dir;

@@ -1,11 +1,13 @@
 //! `weir serve <service>`: one service in its own process, on the distributed components — its
-//! own PostgreSQL database and NATS JetStream for the bus — with its own HTTP listener (its
-//! routes, `/healthz`, `/readyz`, `/metrics`, `/docs`; classification also serves gRPC). Run as many
+//! own PostgreSQL database and a broker for the bus (NATS JetStream, Kafka, RabbitMQ or Redis
+//! Streams, picked by the `--bus` URL; some topics over another with `--bus-route`) — with its
+//! own HTTP listener (its routes, `/healthz`, `/readyz`, `/metrics`, `/docs`; classification
+//! also serves gRPC). Run as many
 //! processes of a service as you like: they share its database and its consumer group, so
 //! the bus spreads the work over them, and one relay and one timer scheduler are active per
 //! database at a time. The service code is the one `weir up` runs; only the kernel differs.
 
-use std::{path::PathBuf, sync::Arc, sync::LazyLock, time::Duration};
+use std::{path::PathBuf, sync::Arc, sync::LazyLock};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum, builder::PossibleValue};
@@ -16,6 +18,7 @@ use weir_core::{Db, Kernel, store, store::outbox::Outbox};
 use weir_http::{app::App, telemetry};
 
 use crate::{
+    bus::{Bus, BusArgs},
     data_dir::Keys,
     runtime::{self, ProcessArgs},
     services::{self, PaymentGatewayArgs, Service, ServiceArgs, Shared},
@@ -43,13 +46,8 @@ pub struct ServeArgs {
     /// beyond its `max_connections` (100 by default), which must cover every process's pool.
     #[arg(long, env = "WEIR_DATABASE_POOL", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub database_pool: u16,
-    /// The bus: a NATS server with JetStream enabled.
-    #[arg(long, env = "WEIR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Namespace of the bus's streams and subjects: the same for every process of one
-    /// deployment, different for deployments sharing a NATS server.
-    #[arg(long, env = "WEIR_NATS_PREFIX", default_value = "weir")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub bus: BusArgs,
     /// Directory of the deployment's files, shared by its processes on this machine: `keys/`
     /// (events, tokens, personal data; generated on first start — copy them to other machines,
     /// mode 0700), `blobs/` (documents and processing must share it: on several machines, a
@@ -100,10 +98,6 @@ impl ValueEnum for Target {
     }
 }
 
-/// Redelivery of a crashed process's unsettled messages: the embedded bus's lease, so that the
-/// saga's default payment timeout outlasts it in both modes.
-const ACK_WAIT: Duration = Duration::from_secs(10);
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -138,19 +132,15 @@ async fn serve_service(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let name = service.name();
+    let bus = Bus::connect(&args.bus).await?;
     let db = connect(name, args.database_url.as_deref(), args.database_pool).await?;
     store::install(db.as_ref()).await.with_context(|| format!("cannot prepare the {name} database"))?;
-    let options =
-        weir_bus_nats::Options { ack_wait: ACK_WAIT, ..weir_bus_nats::Options::with_prefix(&args.nats_prefix) };
-    let bus = weir_bus_nats::NatsBus::connect(&args.nats_url, options).await.with_context(|| {
-        format!("cannot use the bus at {}: is nats-server running with JetStream (-js)? pass --nats-url", args.nats_url)
-    })?;
     let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
     let kernel = Kernel {
         db: db.clone(),
         outbox: Outbox::new(keys.keyring()),
-        publisher: Arc::new(bus.clone()),
-        subscriber: Arc::new(bus.clone()),
+        publisher: bus.transport.publisher.clone(),
+        subscriber: bus.transport.subscriber.clone(),
     };
     let state = &args.state_dir;
     let shared = Shared {

@@ -51,7 +51,7 @@ impl Deployment {
         let log = self.dir.path().join(format!("{service}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", service, "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
-            .args(["--nats-prefix", &self.prefix])
+            .args(["--bus-prefix", &self.prefix])
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(extra)

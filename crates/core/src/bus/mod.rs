@@ -33,10 +33,14 @@
 //!   deliveries are redelivered later. Acking a delivery after its subscription was dropped is
 //!   allowed and may fail with [`Error::Closed`].
 
+mod routed;
+
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+pub use self::routed::{Pattern, Routed, Transport};
 
 /// Message headers: CloudEvents binary-mode attributes (`ce-*`) and transport metadata.
 pub type Headers = BTreeMap<String, String>;
