@@ -6,8 +6,11 @@ mod window;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard, Weak},
-    time::Duration,
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -94,6 +97,9 @@ impl Options {
     }
 }
 
+/// How long one metadata request of `connect` waits.
+const PROBE_ROUND: Duration = Duration::from_millis(250);
+
 /// Room the producer and broker limits leave above [`Options::max_message_bytes`] for the record
 /// batch around a message.
 const FRAMING: usize = 1024;
@@ -148,13 +154,26 @@ impl KafkaBus {
         if options.replication == 0 {
             return Err(Error::transport(InvalidOption("replication must be at least 1")));
         }
+        let logs = Logs::default();
+        let brokers_down = logs.brokers_down.clone();
         let producer: FutureProducer<Logs> =
-            producer_config(bootstrap, &options).create_with_context(Logs).map_err(Error::transport)?;
-        let admin: AdminClient<Logs> = client_config(bootstrap).create_with_context(Logs).map_err(Error::transport)?;
+            producer_config(bootstrap, &options).create_with_context(logs).map_err(Error::transport)?;
+        let admin: AdminClient<Logs> =
+            client_config(bootstrap).create_with_context(Logs::default()).map_err(Error::transport)?;
         let probe = producer.clone();
         let timeout = options.request_timeout;
+        // Metadata is asked for in short rounds, so that a broker refusing connections fails
+        // `connect` as soon as librdkafka has tried every bootstrap address, not at the timeout.
         let metadata = tokio::task::spawn_blocking(move || {
-            probe.client().fetch_metadata(None, timeout).map(|m| m.brokers().len())
+            let started = Instant::now();
+            loop {
+                let round = timeout.saturating_sub(started.elapsed()).min(PROBE_ROUND);
+                match probe.client().fetch_metadata(None, round) {
+                    Ok(metadata) => return Ok(metadata.brokers().len()),
+                    Err(e) if brokers_down.load(Ordering::Relaxed) || started.elapsed() >= timeout => return Err(e),
+                    Err(_) => {}
+                }
+            }
         })
         .await
         .map_err(Error::transport)?;
@@ -427,7 +446,8 @@ impl KafkaBus {
         }
         let mut config = client_config(&shared.bootstrap);
         config.set("group.id", kafka_group).set("enable.auto.commit", "false").set("allow.auto.create.topics", "false");
-        let inspector: Arc<BaseConsumer<Logs>> = Arc::new(config.create_with_context(Logs).map_err(Error::transport)?);
+        let inspector: Arc<BaseConsumer<Logs>> =
+            Arc::new(config.create_with_context(Logs::default()).map_err(Error::transport)?);
         lock(&shared.inspectors).insert(kafka_group.to_owned(), inspector.clone());
         Ok(inspector)
     }
@@ -502,8 +522,12 @@ impl Subscriber for KafkaBus {
     }
 }
 
-/// Routes librdkafka's log lines and errors to `tracing`.
-struct Logs;
+/// Routes librdkafka's log lines and errors to `tracing`, and notes when no broker answers.
+#[derive(Default)]
+struct Logs {
+    /// Set when librdkafka reports that every broker it knows is down.
+    brokers_down: Arc<AtomicBool>,
+}
 
 impl ClientContext for Logs {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, line: &str) {
@@ -513,9 +537,11 @@ impl ClientContext for Logs {
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
             // Reported for every unreachable broker; `connect` and requests report it better.
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
-                debug!(%error, reason, "Kafka client error")
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                self.brokers_down.store(true, Ordering::Relaxed);
+                debug!(%error, reason, "Kafka client error");
             }
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => debug!(%error, reason, "Kafka client error"),
             _ => warn!(%error, reason, "Kafka client error"),
         }
     }
