@@ -187,22 +187,30 @@ return {ids[#ids], out}
     )
 });
 
-/// Takes over entries of other consumers idle for at least `ARGV[3]` ms (`XAUTOCLAIM`, one page
-/// per stream), with their delivery counts and — for each key with a waiting retry — the retry's
-/// member and score, so that the taken entries do not overtake it. Streams whose group is gone
-/// are skipped. Returns `{now, {{partition, id, attempt, fields, member or false, score or
-/// false}, ...}}`.
+/// Takes over entries of other consumers idle for at least `ARGV[3]` ms, with their delivery
+/// counts and — for each key with a waiting retry — the retry's member and score, so that the
+/// taken entries do not overtake it. Each stream's pending entries list is scanned from its start
+/// (`XAUTOCLAIM` pages of `ARGV[4]`, inside this one atomic script) until its end or until
+/// `ARGV[5]` entries were taken: always a prefix, so that a key's earlier entries are never left
+/// for a later pass while its later ones are taken. Streams whose group is gone are skipped.
+/// Returns `{now, {{partition, id, attempt, fields, member or false, score or false}, ...}}`.
 ///
-/// KEYS: blocked, retry, the streams by partition. ARGV: group, consumer, min idle ms, count.
+/// KEYS: blocked, retry, the streams by partition. ARGV: group, consumer, min idle ms, page,
+/// most entries per stream.
 pub(crate) static AUTOCLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(lua!(
         r"
 local out = {}
+local page, most = tonumber(ARGV[4]), tonumber(ARGV[5])
 for k = 3, #KEYS do
-  local r = redis.pcall('XAUTOCLAIM', KEYS[k], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', tonumber(ARGV[4]))
-  if type(r) == 'table' and not r.err then
+  local cursor, taken = '0-0', 0
+  repeat
+    local r = redis.pcall('XAUTOCLAIM', KEYS[k], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', page)
+    if type(r) ~= 'table' or r.err then break end
+    cursor = r[1]
     for _, e in ipairs(r[2]) do
       if e and e[2] then
+        taken = taken + 1
         local p = redis.call('XPENDING', KEYS[k], ARGV[1], e[1], e[1], 1)
         local attempt = (p[1] and p[1][4]) or 1
         local member, score = false, false
@@ -216,7 +224,7 @@ for k = 3, #KEYS do
         table.insert(out, {k - 3, e[1], attempt, e[2], member, score})
       end
     end
-  end
+  until cursor == '0-0' or taken >= most
 end
 return {now_ms(), out}
 "

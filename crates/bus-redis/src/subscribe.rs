@@ -36,6 +36,8 @@ const BLOCK: Duration = Duration::from_secs(5);
 const RETRY_POLL: Duration = Duration::from_secs(1);
 /// Entries per page when recovering or taking over, and retries per take.
 const PAGE: usize = 100;
+/// Most entries taken over from one stream in one pass; the rest follow in the next passes.
+const TAKE_OVER_MOST: usize = 1000;
 /// Pause before trying again after a failure (lost connection, missing group).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How often the group's consumers are checked for ones gone for good.
@@ -213,7 +215,7 @@ impl Core {
         for stream in &self.keys.streams {
             invocation.key(stream);
         }
-        invocation.arg(&self.group).arg(&self.consumer).arg(millis(self.claim_idle)).arg(PAGE);
+        invocation.arg(&self.group).arg(&self.consumer).arg(millis(self.claim_idle)).arg(PAGE).arg(TAKE_OVER_MOST);
         let reply: Value = match invocation.invoke_async(&mut conn).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -758,8 +760,11 @@ fn parse_own_pending(reply: Value, partition: u32) -> Result<(Option<StreamId>, 
 /// A waiting retry of a key: where it is and how long until it is due.
 type Block = (Pos, Duration);
 
+/// Entries taken over, each with the waiting retry of its key, if any.
+type TakenOver = Vec<(Entry, Option<Block>)>;
+
 /// `AUTOCLAIM`'s reply: the entries taken over, each with the retry that blocks its key.
-fn parse_autoclaim(reply: Value) -> Result<Vec<(Entry, Option<Block>)>, wire::Unexpected> {
+fn parse_autoclaim(reply: Value) -> Result<TakenOver, wire::Unexpected> {
     let mut parts = array(reply, "taken over entries")?.into_iter();
     let now = parts.next().as_ref().and_then(wire::number_of).ok_or_else(|| wire::Unexpected("no time".to_owned()))?;
     let mut taken = Vec::new();
