@@ -324,3 +324,53 @@ async fn bad_prefixes_and_kafka_internal_names_are_invalid() {
     assert_eq!(unprefixed.kafka_topic("orders").expect("valid"), "orders");
     assert_eq!(broker.bus.kafka_topic("orders").expect("valid"), "kafka-test.orders");
 }
+
+/// The environment variable that makes [`a_crashed_members_messages_come_back`] play the member
+/// that crashes, in a child process of its own, with the broker's address as its value.
+const CRASHING_MEMBER: &str = "WEIR_KAFKA_CRASHING_MEMBER";
+
+/// A member killed while holding a delivery (no close, no leave) is dropped from the group when
+/// its session times out; its partitions go to the next member, which gets the message again.
+/// The test runs itself again as a child process to be the member that is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_members_messages_come_back() {
+    use std::io::{BufRead, BufReader};
+
+    if let Ok(bootstrap) = std::env::var(CRASHING_MEMBER) {
+        let bus = KafkaBus::connect(&bootstrap, options()).await.expect("connect");
+        let mut sub = bus.subscribe("crash", "crash-group").await.expect("subscribe");
+        let held = sub.next().await.expect("a delivery");
+        println!("HOLDING {}", String::from_utf8_lossy(&held.message.payload));
+        std::future::pending::<()>().await;
+    }
+
+    let broker = Broker::start().await;
+    broker.bus.publish("crash", vec![Message::new("k", "the message")]).await.expect("publish");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["a_crashed_members_messages_come_back", "--exact", "--nocapture"])
+        .env(CRASHING_MEMBER, broker.bootstrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the crashing member");
+    let stdout = child.stdout.take().expect("piped");
+    let holding = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).find(|line| line.starts_with("HOLDING"))
+    });
+    let holding = tokio::time::timeout(Duration::from_secs(30), holding).await.expect("the child joined in time");
+    assert_eq!(holding.expect("the reader").as_deref(), Some("HOLDING the message"));
+    child.kill().expect("kill the member");
+    child.wait().expect("reap the member");
+    let killed = Instant::now();
+
+    let session = options().session_timeout;
+    let mut sub = broker.bus.subscribe("crash", "crash-group").await.expect("subscribe");
+    let again = tokio::time::timeout(session + Duration::from_secs(15), sub.next())
+        .await
+        .expect("the held message came back")
+        .expect("open");
+    let took = killed.elapsed();
+    assert_eq!(again.message.payload, "the message");
+    eprintln!("redelivered {took:?} after the member was killed (session timeout {session:?})");
+    assert!(took + Duration::from_millis(500) >= session, "back after {took:?}, before the session timed out");
+    again.ack().await.expect("ack");
+}
