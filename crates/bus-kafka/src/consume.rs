@@ -79,10 +79,16 @@ impl Core {
         self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Waits for the member's first assignment, for at most `within`. Returns whether it came.
+    /// Waits for the member's first assignment, for at most `within` and not after the member
+    /// stopped. Returns whether it came.
     pub(crate) async fn assigned(&self, within: Duration) -> bool {
         let mut assigned = self.assigned.subscribe();
-        tokio::time::timeout(within, assigned.wait_for(|assigned| *assigned)).await.is_ok_and(|seen| seen.is_ok())
+        tokio::select! {
+            seen = tokio::time::timeout(within, assigned.wait_for(|assigned| *assigned)) => {
+                seen.is_ok_and(|seen| seen.is_ok())
+            }
+            () = self.stop.cancelled() => false,
+        }
     }
 
     pub(crate) fn is_stopped(&self) -> bool {

@@ -122,15 +122,15 @@ impl Window {
         }
     }
 
-    /// The member loses `partitions`. Returns the commit position of each one that moved since
-    /// its last commit: the contiguously acked prefix. Everything else of them is forgotten, to
-    /// be redelivered by the next owner.
+    /// The member loses `partitions`. Returns the commit position of each one it fetched from:
+    /// the contiguously acked prefix (also when committed before, as that asynchronous commit
+    /// may have failed unseen). Everything else of them is forgotten, to be redelivered by the
+    /// next owner.
     pub(crate) fn revoke(&mut self, partitions: &[i32]) -> Vec<(i32, i64)> {
         let mut commits = Vec::new();
         for partition in partitions {
             if let Some(state) = self.partitions.remove(partition)
                 && let Some(position) = state.position()
-                && state.committed != Some(position)
             {
                 commits.push((*partition, position));
             }
