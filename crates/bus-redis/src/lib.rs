@@ -78,7 +78,8 @@
 //!   consuming process per group, or accept that.
 //! - A key held back holds its later messages in memory, at most [`Options::max_held`] per group;
 //!   when one key has piled up that many, the process reads nothing more for the group until it
-//!   moves. A process reads ahead at most [`Options::prefetch`] messages per group.
+//!   moves. A process reads again only while fewer than [`Options::prefetch`] messages of the
+//!   group wait for its members.
 //!
 //! # Durability by Redis setting
 //!
@@ -179,7 +180,9 @@ pub struct Options {
     /// how long a handler may run before its message is handed out elsewhere too (a live member
     /// renews what it holds every third of it). Default 30 s.
     pub claim_idle: Duration,
-    /// Messages a process reads ahead of its members per group. Default 64.
+    /// Read-ahead per group: a process reads again only while fewer than this many messages wait
+    /// for its members, and each read takes at most this many from each partition (`COUNT`
+    /// applies per stream). Default 64.
     pub prefetch: usize,
     /// Messages a process holds back per group behind unacked earlier messages of their key,
     /// before it stops reading the group. Default 10,000.

@@ -1,7 +1,9 @@
-//! The bus conformance suite against [`RedisBus`] on the machine's Redis at 127.0.0.1:6379.
-//! Each case gets its own key prefix, so its streams and groups are its own, and its own consumer
-//! name, which a restart (a second `open`) reuses — as a restarted process of a deployment
-//! would. The case's keys are deleted when it ends. A missing server is a failure, never a skip.
+//! The bus conformance suite against [`RedisBus`] on the machine's Redis at 127.0.0.1:6379, twice:
+//! with a stable consumer name per case, which a restart (a second `open`) reuses — as a restarted
+//! process of a deployment should — and with the default, a fresh name per `open`, where a
+//! restarted process gets its predecessor's unsettled messages by taking them over after the
+//! claim idle time. Each case gets its own key prefix, so its streams and groups are its own; its
+//! keys are deleted when it ends. A missing server is a failure, never a skip.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,13 +24,18 @@ const CLAIM_IDLE: Duration = Duration::from_secs(2);
 
 struct Redis {
     prefix: String,
-    consumer: String,
+    /// `None`: a fresh name per `open`.
+    consumer: Option<String>,
 }
 
 impl Redis {
-    fn new() -> Self {
+    fn stable_name() -> Self {
         let id = Uuid::now_v7().simple();
-        Self { prefix: format!("conformance-{id}"), consumer: format!("member-{id}") }
+        Self { prefix: format!("conformance-{id}"), consumer: Some(format!("member-{id}")) }
+    }
+
+    fn fresh_names() -> Self {
+        Self { prefix: format!("conformance-{}", Uuid::now_v7().simple()), consumer: None }
     }
 }
 
@@ -37,7 +44,7 @@ impl TransportFactory for Redis {
     async fn open(&self) -> (Arc<dyn Publisher>, Arc<dyn Subscriber>) {
         let options = Options {
             prefix: self.prefix.clone(),
-            consumer: Some(self.consumer.clone()),
+            consumer: self.consumer.clone(),
             claim_idle: CLAIM_IDLE,
             ..Options::default()
         };
@@ -68,4 +75,14 @@ impl Drop for Redis {
     }
 }
 
-weir_testkit::bus::conformance_tests!(Redis::new());
+mod stable_name {
+    use super::*;
+
+    weir_testkit::bus::conformance_tests!(Redis::stable_name());
+}
+
+mod fresh_names {
+    use super::*;
+
+    weir_testkit::bus::conformance_tests!(Redis::fresh_names());
+}
