@@ -1,1 +1,426 @@
-//! RabbitMQ transport for Weir's bus ports (being written).
+//! RabbitMQ transport for Weir: [`RabbitBus`] implements the bus ports
+//! ([`weir_core::bus::Publisher`] and [`weir_core::bus::Subscriber`]) over quorum queues, a
+//! stream per topic and publisher confirms, with AMQP 0-9-1 ([`lapin`]). It is only a
+//! transport: it moves [`Message`]s and knows nothing of events, routing, retries or dead
+//! letters — the router decides those from [`Delivery::attempt`](weir_core::bus::Delivery::attempt).
+//! It needs no plugin and no management API: a stock RabbitMQ ≥ 3.10 (quorum queues with
+//! message TTL and at-least-once dead-lettering, streams) does.
+//!
+//! DOCS-PLACEHOLDER
+
+mod gate;
+mod names;
+mod subscribe;
+mod topology;
+mod wire;
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
+use tokio_util::sync::CancellationToken;
+use weir_core::bus::{
+    Capabilities, Error, Message, Publisher, Result, Subscriber, Subscription, partition_of, validate_name,
+};
+
+use crate::{
+    names::{TopicNames, routing_key},
+    subscribe::Group,
+    topology::{CreationLock, mandatory},
+    wire::Envelope,
+};
+pub use crate::{
+    topology::{LogEnded, Refused, Unroutable},
+    wire::InvalidHeader,
+};
+
+/// Settings of a [`RabbitBus`]. Queue settings apply when this bus creates a queue: existing
+/// queues keep theirs (RabbitMQ refuses a declaration with other arguments).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespace of every exchange and queue, so that deployments and tests sharing a broker
+    /// stay apart: letters, digits, '-' and '_', at most 64 bytes. Default `weir`.
+    pub prefix: String,
+    /// Partition queues per group: the key hashes to one of them
+    /// ([`weir_core::bus::partition_of`]). Every process using a topic must agree on it.
+    /// Default 4.
+    pub partitions: u32,
+    /// Unacked deliveries the broker hands this process per partition queue. Default 128.
+    pub prefetch: u16,
+    /// How long a topic's log keeps messages for groups that join later; zero keeps them until
+    /// the topic is deleted. Default zero.
+    pub max_age: Duration,
+    /// Queues unused this long are deleted by the broker (`x-expires`); for tests. Default
+    /// `None`: never.
+    pub queue_expiry: Option<Duration>,
+    /// The largest message this bus publishes: RabbitMQ 3.10's default `max_message_size`,
+    /// 128 MiB. Larger ones fail with [`Error::TooLarge`].
+    pub max_message_bytes: usize,
+    /// How long [`RabbitBus::connect`] waits for the broker. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            prefix: "weir".to_owned(),
+            partitions: 4,
+            prefetch: 128,
+            max_age: Duration::ZERO,
+            queue_expiry: None,
+            max_message_bytes: 128 << 20,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Options {
+    /// Default options under another prefix.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into(), ..Self::default() }
+    }
+}
+
+/// A RabbitMQ connection that publishes and subscribes. Cheap to clone: clones share the
+/// connection, the topics and groups known to exist and the per-group gates.
+#[derive(Clone)]
+pub struct RabbitBus {
+    shared: Arc<Shared>,
+}
+
+/// What clones of a [`RabbitBus`] share.
+pub(crate) struct Shared {
+    connection: Connection,
+    options: Options,
+    /// The channel publishes go out on, in confirm mode; replaced when it fails.
+    publish_channel: tokio::sync::Mutex<Option<Channel>>,
+    /// Topics whose exchanges and log this bus declared.
+    topics: Mutex<HashSet<String>>,
+    /// Groups this bus found or created on the broker.
+    known_groups: Mutex<HashSet<(String, String)>>,
+    creating: Mutex<HashMap<(String, String), CreationLock>>,
+    /// The live gate of each (topic, group), so that members in this process share it.
+    groups: Mutex<HashMap<(String, String), Weak<Group>>>,
+    closed: CancellationToken,
+    ids: Ids,
+}
+
+impl std::fmt::Debug for RabbitBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBus").field("options", &self.shared.options).finish_non_exhaustive()
+    }
+}
+
+/// The broker could not be reached or refused the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to RabbitMQ at {url}: {reason}")]
+pub struct ConnectFailed {
+    /// The URL without its password.
+    pub url: String,
+    pub reason: String,
+}
+
+impl RabbitBus {
+    /// Connects to the broker at `url` (`amqp://user:password@host:port/vhost`). Fails at once
+    /// when the broker is unreachable or refuses the login, and after
+    /// [`Options::connect_timeout`] when it does not answer.
+    pub async fn connect(url: &str, options: Options) -> Result<Self> {
+        names::validate_prefix(&options.prefix)?;
+        if options.partitions == 0 {
+            return Err(Error::InvalidName("partitions must be at least 1".to_owned()));
+        }
+        let failed = |reason: String| Error::transport(ConnectFailed { url: redact(url), reason });
+        let properties = ConnectionProperties::default().with_connection_name("weir-bus-rabbitmq".into());
+        let connection = match tokio::time::timeout(options.connect_timeout, Connection::connect(url, properties)).await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed(format!("no answer within {:?}", options.connect_timeout))),
+        };
+        let shared = Shared {
+            connection,
+            options,
+            publish_channel: tokio::sync::Mutex::new(None),
+            topics: Mutex::default(),
+            known_groups: Mutex::default(),
+            creating: Mutex::default(),
+            groups: Mutex::default(),
+            closed: CancellationToken::new(),
+            ids: Ids::new(),
+        };
+        Ok(Self { shared: Arc::new(shared) })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// The exchange a topic is published to, for operators and tests.
+    pub fn exchange_name(&self, topic: &str) -> String {
+        TopicNames::new(&self.shared.options.prefix, topic).exchange
+    }
+
+    /// The stream queue that retains a topic's messages for groups that join later.
+    pub fn log_name(&self, topic: &str) -> String {
+        TopicNames::new(&self.shared.options.prefix, topic).log
+    }
+
+    /// The queue of one partition of a group.
+    pub fn partition_queue_name(&self, topic: &str, group: &str, partition: u32) -> String {
+        TopicNames::new(&self.shared.options.prefix, topic).group(group).partition(partition)
+    }
+
+    /// Deletes a group's queues with their messages. For tests and operators; the group's next
+    /// subscription creates it anew, from the beginning of the topic's log.
+    pub async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
+        validate_name(topic)?;
+        validate_name(group)?;
+        let names = TopicNames::new(&self.shared.options.prefix, topic);
+        self.shared.known_groups_lock().remove(&(topic.to_owned(), group.to_owned()));
+        self.shared.delete_group_queues(&names, &names.group(group)).await
+    }
+
+    /// Deletes a topic's log and exchanges with its messages. Its groups' queues stay (delete
+    /// them with [`delete_group`](Self::delete_group)) but receive nothing more.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        validate_name(topic)?;
+        self.shared.topics_lock().remove(topic);
+        self.shared.delete_topic_objects(&TopicNames::new(&self.shared.options.prefix, topic)).await
+    }
+
+    /// Closes the bus and every clone of it: subscriptions end (`next` returns `None`), their
+    /// unacked deliveries go back to their queues, publish and later acks fail with
+    /// [`Error::Closed`].
+    pub async fn close(&self) {
+        self.shared.closed.cancel();
+        if let Err(e) = self.shared.connection.close(200, "closed".into()).await {
+            tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
+        }
+    }
+}
+
+impl Shared {
+    fn topics_lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn known_groups_lock(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
+        self.known_groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn groups_lock(&self) -> MutexGuard<'_, HashMap<(String, String), Weak<Group>>> {
+        self.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn creation_lock(&self, id: &(String, String)) -> CreationLock {
+        let mut creating = self.creating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        creating.retain(|_, lock| Arc::strong_count(lock) > 1);
+        creating.entry(id.clone()).or_default().clone()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() || !self.connection.status().connected() { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    pub(crate) fn error(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        if self.closed.is_cancelled() || !self.connection.status().connected() {
+            Error::Closed
+        } else {
+            Error::transport(e)
+        }
+    }
+
+    pub(crate) async fn channel(&self) -> Result<Channel> {
+        self.check_open()?;
+        self.connection.create_channel().await.map_err(|e| self.error(e))
+    }
+
+    pub(crate) async fn confirm_channel(&self) -> Result<Channel> {
+        let channel = self.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| self.error(e))?;
+        Ok(channel)
+    }
+
+    async fn publish_channel(&self) -> Result<Channel> {
+        let mut current = self.publish_channel.lock().await;
+        match current.as_ref() {
+            Some(channel) if channel.status().connected() => Ok(channel.clone()),
+            _ => {
+                let channel = self.confirm_channel().await?;
+                *current = Some(channel.clone());
+                Ok(channel)
+            }
+        }
+    }
+
+    pub(crate) fn new_id(&self) -> String {
+        self.ids.next()
+    }
+}
+
+/// Message ids: a random 64-bit base per bus and a counter, unique across processes.
+struct Ids {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        let base = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+        Self { base, next: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> String {
+        format!("{:016x}{:08x}", self.base, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// `url` without the password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+const CAPABILITIES: Capabilities =
+    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+
+#[async_trait]
+impl Publisher for RabbitBus {
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        validate_name(topic)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // Every message is encoded before any is sent: a bad one fails the whole batch.
+        let limit = shared.options.max_message_bytes;
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            if message.payload.len() > limit {
+                return Err(Error::TooLarge { size: message.payload.len(), limit });
+            }
+            let envelope = Envelope { id: shared.new_id(), attempt: 1, ..Envelope::default() };
+            let properties = wire::properties(&message, &envelope)?;
+            let partition = partition_of(&message.key, shared.options.partitions);
+            batch.push((routing_key(partition), properties, message.payload));
+        }
+        let names = shared.ensure_topic(topic).await?;
+        let task_shared = shared.clone();
+        let task_topic = topic.to_owned();
+        // A task of its own, so that dropping this future neither stops a batch halfway nor
+        // leaves confirms unawaited.
+        let task = tokio::spawn(async move {
+            let shared = task_shared;
+            let channel = shared.publish_channel().await?;
+            let mut confirms = Vec::with_capacity(batch.len());
+            for (routing_key, properties, payload) in batch {
+                let confirm = channel
+                    .basic_publish(
+                        names.exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        mandatory(),
+                        &payload,
+                        properties,
+                    )
+                    .await
+                    .map_err(|e| shared.error(e))?;
+                confirms.push(confirm);
+            }
+            for confirm in confirms {
+                if let Err(e) = shared.confirmed(confirm).await {
+                    // The topology may have been deleted behind our back: declare it again next time.
+                    shared.topics_lock().remove(&task_topic);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        task.await.map_err(Error::transport)?
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+#[async_trait]
+impl Subscriber for RabbitBus {
+    async fn subscribe(&self, topic: &str, group: &str) -> Result<Subscription> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        validate_name(topic)?;
+        validate_name(group)?;
+        let key = (topic.to_owned(), group.to_owned());
+        let existing = shared.groups_lock().get(&key).and_then(Weak::upgrade);
+        if let Some(live) = existing {
+            return Ok(Subscription::new(live.member()));
+        }
+        let names = shared.ensure_topic(topic).await?;
+        shared.ensure_group(&names, topic, group).await?;
+        // Checked again under the lock: another member may have started the group meanwhile.
+        let mut groups = shared.groups_lock();
+        groups.retain(|_, weak| weak.strong_count() > 0);
+        let live = match groups.get(&key).and_then(Weak::upgrade) {
+            Some(live) => live,
+            None => {
+                let live = Group::start(shared.clone(), topic, names.clone(), names.group(group));
+                groups.insert(key, Arc::downgrade(&live));
+                live
+            }
+        };
+        Ok(Subscription::new(live.member()))
+    }
+
+    /// The ready messages of the group's partition, history and delay queues, plus the
+    /// deliveries this process holds unacked. See the crate documentation for what it misses.
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        validate_name(topic)?;
+        validate_name(group)?;
+        let names = TopicNames::new(&shared.options.prefix, topic);
+        let live = shared.groups_lock().get(&(topic.to_owned(), group.to_owned())).and_then(Weak::upgrade);
+        let (unacked, end_held_here) = live.as_ref().map_or((0, false), |g| g.unsettled());
+        let broker = shared.broker_lag(&names, &names.group(group), end_held_here).await?;
+        Ok(broker + unacked)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(redact("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = Ids::new();
+        let other = Ids::new();
+        let first = ids.next();
+        assert_ne!(first, ids.next());
+        assert_ne!(first, other.next());
+    }
+}
