@@ -116,11 +116,10 @@
 //!
 //! # Lag
 //!
-//! [`Subscriber::lag`](weir_core::bus::Subscriber::lag) sums, over the topic's streams, Redis's
-//! `lag` of the group (entries never delivered to it; `XINFO GROUPS`) plus its `pending` entries
-//! (delivered, not acked), plus the group's retry set (nacked, waiting or being retried). A stream
-//! the group never read counts its whole length; a topic never published to counts 0; nothing is
-//! created by asking. When Redis cannot tell the lag (`nil`, after entries inside the unread
+//! [`Subscriber::lag`] sums, over the topic's streams, Redis's `lag` of the group (entries never
+//! delivered to it; `XINFO GROUPS`) plus its `pending` entries (delivered, not acked), plus the
+//! group's retry set (nacked, waiting or being retried). A stream the group never read counts its
+//! whole length; a topic never published to counts 0; nothing is created by asking. When Redis cannot tell the lag (`nil`, after entries inside the unread
 //! range were deleted with `XDEL`), the stream's length stands in — an upper bound. Entries a
 //! process read ahead into its gate count as pending.
 //!
