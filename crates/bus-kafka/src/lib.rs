@@ -518,6 +518,7 @@ impl Publisher for KafkaBus {
         shared.ensure_topic(topic, &kafka_topic).await?;
 
         let task_shared = shared.clone();
+        let task_topic = topic.to_owned();
         // A task of its own, so that dropping this future neither stops a batch halfway nor
         // leaves deliveries unawaited: a batch handed to the producer is sent whole.
         let task = tokio::spawn(async move {
@@ -546,7 +547,13 @@ impl Publisher for KafkaBus {
             for delivery in deliveries {
                 match delivery.await {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(shared.error(e)),
+                    Ok(Err((e, _))) => {
+                        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+                            // Deleted behind our back: create it again on the next publish.
+                            lock(&shared.topics).remove(&task_topic);
+                        }
+                        return Err(shared.error(e));
+                    }
                     Err(_canceled) => return Err(Error::Closed),
                 }
             }

@@ -21,6 +21,10 @@ use std::{
 
 use weir_core::bus::{Message, TypeFilter, refused_by};
 
+/// The longest nack delay honoured; longer ones are cut to it (an `Instant` cannot hold any
+/// `Duration`).
+const LONGEST_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// One delivery: which message of which assignment of which partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Ticket {
@@ -214,7 +218,7 @@ impl Window {
     /// passed; until then the later messages of its key wait.
     pub(crate) fn nack(&mut self, ticket: Ticket, delay: Duration, now: Instant) -> Result<(), Stale> {
         self.in_flight(ticket)?;
-        let until = now + delay;
+        let until = now + delay.min(LONGEST_DELAY);
         if let Some(slot) = self.slot_mut(ticket) {
             slot.attempt = slot.attempt.saturating_add(1);
             slot.state = State::Delayed { until };
@@ -393,6 +397,16 @@ mod tests {
         assert_eq!(take(&mut w), Some((1, 1)));
         w.ack(ticket(&w, P, 2)).unwrap();
         assert_eq!(w.due_commits(), vec![(P, 1)], "0 and 2 acked, 1 in flight");
+    }
+
+    #[test]
+    fn an_endless_delay_is_cut_not_a_panic() {
+        let mut w = window();
+        let now = Instant::now();
+        receive(&mut w, P, 0, "a");
+        take(&mut w);
+        w.nack(ticket(&w, P, 0), Duration::MAX, now).unwrap();
+        assert_eq!(w.next_due(), Some(now + LONGEST_DELAY));
     }
 
     #[test]
