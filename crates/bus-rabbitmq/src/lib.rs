@@ -6,7 +6,170 @@
 //! It needs no plugin and no management API: a stock RabbitMQ ≥ 3.10 (quorum queues with
 //! message TTL and at-least-once dead-lettering, streams) does.
 //!
-//! DOCS-PLACEHOLDER
+//! # Mapping
+//!
+//! - A **topic** is a durable *topic exchange* `<prefix>.t.<topic>.<hash>` and a *stream*
+//!   queue `….log` bound to it with `#`: the topic's **log**, which keeps every message for
+//!   groups that join later (its retention is [`Options::max_age`]; by default it keeps all).
+//!   Names carry a hash of the exact topic, because RabbitMQ names are limited to 255 bytes and
+//!   `a.b` must not meet `a_b`.
+//! - A **message** is routed by its **partition**,
+//!   [`weir_core::bus::partition_of`]`(key, `[`Options::partitions`]`)`, as the routing key
+//!   `"0"`, `"1"`, …. The key travels in the `weir-key` header, a transport message id in the
+//!   `message-id` property.
+//! - A **group** has one durable **quorum queue per partition**, `….g.<group>.<hash>.p<n>`,
+//!   bound to the topic exchange with its partition's routing key and declared with
+//!   `x-single-active-consumer`: the broker hands a partition to one consumer at a time, and to
+//!   the next when that one goes. Every group bound to a topic receives every message; the
+//!   members of one group in one process share one channel and one gate, and take turns
+//!   (that is the load sharing).
+//! - **Publish** sends the batch on a confirm-mode channel as persistent, *mandatory* messages
+//!   and returns when the broker has confirmed every one of them. A confirm for a message
+//!   routed to quorum queues and a stream comes once all of them hold it, so `Ok` means: in the
+//!   log and in the partition queue of every group that exists. A mandatory message that no
+//!   queue took (the topic's objects were deleted) comes back and fails the publish. The batch
+//!   runs as its own task, so a caller that drops the future does not cut it in half.
+//!
+//! ## CloudEvents: the AMQP protocol binding, binary mode
+//!
+//! A header `ce-<attribute>` travels as the AMQP header `cloudEvents:<attribute>`: the
+//! binding names application properties with that prefix, and AMQP 0-9-1's headers table takes
+//! their place. `content-type` travels as the message's `content-type` property (the binding's
+//! `datacontenttype`); other headers under their own names. Values are AMQP long strings, so
+//! their bytes — CR, LF, blanks, any UTF-8 — arrive exactly. When reading, both `cloudEvents:`
+//! and `cloudEvents_` (the form the binding allows for JMS clients, which cannot use `:`) map
+//! back to `ce-`, and values of other AMQP types (from other publishers) are read as text.
+//! Names starting with `weir-`, `x-`, `cloudEvents:` or `cloudEvents_`, `CC` and `BCC` are
+//! refused on publish: they would steer this adapter or the broker.
+//!
+//! # A group that joins late: the history
+//!
+//! RabbitMQ queues do not keep messages for consumers that do not exist yet, and Weir's
+//! contract wants a new group to start at the beginning of the topic. So the first subscription
+//! of a group *creates* it, once, under a lock (an exclusive queue `….lock`, held by one
+//! connection at a time):
+//!
+//! 1. a durable marker queue `….creating` says the creation is under way;
+//! 2. the partition queues are declared and bound — from now on they receive every message;
+//! 3. a **cut** marker is published to the log: every message before it in the log was routed
+//!    before step 2 finished;
+//! 4. the log is read from its first message to the cut and copied into the group's
+//!    **history** queue (a quorum queue, single active consumer), followed by an end marker;
+//! 5. the `creating` queue is deleted.
+//!
+//! Members deliver the history first; when its end marker is reached and every message of it
+//! is settled, the member deletes the history queue (which also ends the waiting consumers of
+//! other processes) and turns to the partition queues. A creator that dies halfway leaves
+//! `creating` behind, and the next creator copies the history again. Groups that already
+//! exist when the topic is first published to — Weir's usual case, services subscribe at start
+//! — have no history at all.
+//!
+//! The cost: a group created on a long topic copies all of it (time in `subscribe`, and the
+//! space of a second copy until it is consumed), and the log keeps every message as long as
+//! [`Options::max_age`] allows even when every group has consumed it. Messages published while
+//! step 3 is under way can reach the group twice (in the history and in a partition): at least
+//! once allows that. One race is not closed: a message whose publisher's channel routed it
+//! *before* the partition queues were bound but whose write reaches the log *after* the cut —
+//! on one node that needs the broker to preempt the routing channel between its routing decision
+//! and its write for longer than the round trip of the bind and the cut — would be missed by
+//! the new group.
+//!
+//! # Ordering and the per-key gate
+//!
+//! A partition queue is FIFO and has one active consumer, so a group's messages of one key
+//! reach one process in publish order. There, a gate hands out one message per key at a time,
+//! the next only after the previous one was acked; later arrivals of the key wait in memory
+//! (unacked, within the prefetch window). Other keys are never held.
+//!
+//! **Nack with a delay** holds no consumer and no prefetch slot. The nacked message is copied,
+//! with `weir-attempt` one higher and a `weir-not-before` time, to a **delay queue** of the
+//! group, and the original is acked once the broker confirmed the copy. A delay queue is a
+//! quorum queue with one TTL for all its messages (`x-message-ttl`; one TTL per queue keeps it
+//! FIFO, so a long delay never blocks a short one) that dead-letters, *at least once*, through
+//! the default exchange back to the partition queue that the copy's routing key names. There
+//! is one per level — 50 ms, 200 ms, 1 s, 5 s, 30 s, 2 min, 10 min, 1 h — declared on first use
+//! and reached through the topic's headers exchange `….wait`. A delay is served by hops: the
+//! largest level that does not overshoot what remains, again until `weir-not-before` has
+//! passed; a nack is never redelivered early. A nack without delay sends the copy straight to
+//! the back of the partition queue.
+//!
+//! Meanwhile the key is *away*: its held messages follow the nacked one to the same delay, in
+//! order, and so does every later arrival of the key, until the messages come back. The gate
+//! lets them in strictly in the order they left; one that comes back out of turn or early is
+//! sent round again. So a nacked message holds back exactly its own key, and what it holds back
+//! waits in the broker, durable, not in this process's memory.
+//!
+//! [`Delivery::attempt`](weir_core::bus::Delivery::attempt) is `weir-attempt` (the nacks) plus
+//! the quorum queue's `x-delivery-count` (the broker's returns: a delivery dropped unsettled is
+//! handed back at once with `basic.reject(requeue)`, and a closed channel's unacked deliveries
+//! are returned by the broker). Dropping a [`Subscription`]'s last member of a group in this
+//! process closes the group's channel, so its unacked deliveries go back to the queues
+//! immediately — there is no lease to wait for.
+//!
+//! Guarantees, precisely:
+//!
+//! - Within one group, a key's messages are handed out in publish order, one at a time, each
+//!   after the previous one was acked; a nacked or dropped message is redelivered before any
+//!   later message of its key; other keys flow on. Across processes too: a partition is
+//!   consumed by one process at a time.
+//! - Which messages are away is known only to the process that sent them. If the partition's
+//!   active consumer changes while a key is away (the process died or dropped its group), the
+//!   messages already sent away return in their order — each carries its not-before time, and a
+//!   delayed message leads its key in the new process until it is due — but a message of the key
+//!   that reaches the partition queue after the change can overtake them.
+//! - RabbitMQ 3.10 makes the *first* registered consumer of a queue its active one, so all
+//!   partitions of a group usually go to the process that subscribed first; a second process
+//!   is a hot standby, not a second worker. Load sharing is among the members of one process.
+//!
+//! # Lag
+//!
+//! [`Subscriber::lag`] adds the ready messages of the group's
+//! partition, history and delay queues (passive declarations; AMQP reports ready messages
+//! only, and the management API is not assumed) and the deliveries **this process** holds
+//! unacked (in its gate, with members, or on their way to a delay queue). Deliveries unacked in
+//! *another* process are not counted: the count is exact when one process consumes the group
+//! (the normal case with single active consumers), and low by the other process's prefetch
+//! otherwise. A message on its way to a delay queue can count twice for a moment. A topic
+//! without a log has no lag; a group that does not exist lags by every message of the log,
+//! which is counted by reading the log to its end (where the broker falls quiet for 250 ms, at
+//! most 5 s): a cost proportional to the log, paid only for groups that never subscribed.
+//!
+//! # Durability
+//!
+//! `publish` returns `Ok` once the broker confirmed every message: for quorum queues that is
+//! after the Raft log entry was written and fsynced (RabbitMQ's default) on a majority of the
+//! queue's members. Settled state survives a broker restart: the queues and their messages are
+//! durable, acks are part of the quorum queues' log.
+//!
+//! - **A single node** — the Debian package on this machine, RabbitMQ 3.10.8 — has quorum
+//!   queues with one member: an acknowledged message survives a crash of the broker and a power
+//!   cut (fsynced), but not the loss of the disk. Streams write without an fsync per message and
+//!   count on replication instead, so on one node a power cut can lose the last messages of a
+//!   **log** (the history of groups created later), not those already in existing groups'
+//!   partition queues.
+//! - **Production** runs a cluster of three (or five) nodes: quorum queues and streams then
+//!   replicate to every node (RabbitMQ's default initial group size), and an acknowledged
+//!   message is lost only if a majority of them fails at once.
+//! - Redelivery after a broker restart: the connection is lost, the bus closes (subscriptions
+//!   end, operations fail with [`Error::Closed`]) and every unacked delivery is back in its
+//!   queue. This crate does not reconnect by itself: the process builds a new [`RabbitBus`]
+//!   (Weir's services exit and are restarted).
+//!
+//! # Limits
+//!
+//! - Every process must use the same [`Options::partitions`] for a topic; changing it moves keys
+//!   to other partitions (and the group queues of the old count stay as they are).
+//! - A message may hold at most [`Options::max_message_bytes`] (RabbitMQ 3.10's default
+//!   `max_message_size`, 128 MiB); header names at most 255 bytes. A `content-type` longer than
+//!   255 bytes travels as a header instead of the property.
+//! - Each group costs `partitions` quorum queues, plus a history while it catches up and a delay
+//!   queue per level it used; each topic a stream and two exchanges. Creating a quorum queue
+//!   takes 10–20 ms here.
+//! - [`Subscriber::subscribe_filtered`] is not
+//!   specialised: every message is delivered and the consumer filters.
+//! - Deleting what a test or a retired service created: [`RabbitBus::delete_group`] and
+//!   [`RabbitBus::delete_topic`]; [`Options::queue_expiry`] lets the broker remove forgotten
+//!   queues of tests.
 
 mod gate;
 mod names;
@@ -226,7 +389,7 @@ impl Shared {
         creating.entry(id.clone()).or_default().clone()
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.is_cancelled() || !self.connection.status().connected() { Err(Error::Closed) } else { Ok(()) }
     }
 

@@ -261,6 +261,13 @@ async fn pump(core: Arc<Core>, shared: Arc<Shared>) {
             if core.closed.is_cancelled() {
                 return;
             }
+            if shared.check_open().is_err() {
+                // The connection is gone, and with it every channel: the subscription ends.
+                warn!(topic = core.topic, error = %e, "the connection to RabbitMQ was lost; the subscription ends");
+                core.closed.cancel();
+                core.ready.notify_waiters();
+                return;
+            }
             warn!(topic = core.topic, error = %e, "consuming stopped; opening the channel again");
         }
         core.reset();
