@@ -37,6 +37,13 @@ pub(crate) fn kafka_name(prefix: &str, name: &str) -> Result<String> {
     }
 }
 
+/// The Kafka consumer group of a Weir group on one topic (both already validated):
+/// `<prefix>.<group>:<topic>`, or `<group>:<topic>` without a prefix. ':' cannot occur in Weir's
+/// names, so no two (group, topic) pairs share a Kafka group.
+pub(crate) fn group_id(prefix: &str, group: &str, topic: &str) -> String {
+    if prefix.is_empty() { format!("{group}:{topic}") } else { format!("{prefix}.{group}:{topic}") }
+}
+
 /// The Kafka header name of a Weir header: `ce-*` becomes `ce_*`, others stay as they are.
 /// `None` for a name starting with `ce_`, which would come back as `ce-*` and so cannot travel.
 pub(crate) fn header_to_kafka(name: &str) -> Option<String> {
@@ -103,6 +110,9 @@ mod tests {
         assert_eq!(kafka_name("", "orders").unwrap(), "orders");
         assert_eq!(kafka_name("p", "__consumer_offsets").unwrap(), "p.__consumer_offsets");
         assert!(matches!(kafka_name("", "__consumer_offsets"), Err(Error::InvalidName(_))));
+        assert_eq!(group_id("weir", "billing", "orders.created"), "weir.billing:orders.created");
+        assert_eq!(group_id("", "billing", "orders"), "billing:orders");
+        assert_ne!(group_id("", "a.b", "c"), group_id("", "a", "b.c"), "no two pairs share a group");
         let longest = kafka_name(&"p".repeat(MAX_PREFIX_LEN), &"t".repeat(200)).unwrap();
         assert!(longest.len() <= 249, "Kafka's limit on topic names");
     }
