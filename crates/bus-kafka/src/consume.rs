@@ -130,7 +130,7 @@ impl ConsumerContext for MemberContext {
                 if !commits.is_empty()
                     && let Err(e) = commit(consumer, &commits, CommitMode::Sync)
                 {
-                    warn!(topic = self.core.topic, error = %e, "commit at revocation failed; the next owner redelivers");
+                    warn!(topic = self.core.topic, error = %e, "commit at revocation failed; redelivering");
                 }
             }
             Rebalance::Error(e) => warn!(topic = self.core.topic, error = %e, "rebalance failed"),

@@ -33,10 +33,10 @@
 //!   for all its topics would work too, but every member joining or leaving would then revoke
 //!   the partitions of every topic the group reads: the conformance suite's fifty topics of one
 //!   group took 5.6–14.6 s to subscribe and drain that way on tansu, 0.7–0.8 s with a Kafka
-//!   group per topic. Kafka tools therefore list a service's group once per topic. A new group starts at the first retained message
-//!   (`auto.offset.reset=earliest`). `subscribe` returns once the member got its first
-//!   assignment (for at most the session timeout plus the request timeout), so a member
-//!   subscribed before a publish is in the group when the messages arrive.
+//!   group per topic. Kafka tools therefore list a service's group once per topic. A new group
+//!   starts at the first retained message (`auto.offset.reset=earliest`). `subscribe` returns
+//!   once the member got its first assignment (for at most the session timeout plus the request
+//!   timeout), so a member subscribed before a publish is in the group when the messages arrive.
 //!
 //! # Publishing and durability
 //!
