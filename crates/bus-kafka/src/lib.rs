@@ -16,9 +16,9 @@
 //!   names starting with `__` are refused ([`Error::InvalidName`]): Kafka keeps them for itself.
 //! - A message's **key** is the record key (UTF-8 bytes; an empty key is an empty key, not a
 //!   null one). The producer partitions with `murmur2_random`, the Java client's default
-//!   partitioner: a key lands on `toPositive(murmur2(key)) % partitions`, the partition any other
-//!   Kafka producer with default settings picks for it, so Weir and other producers of one key
-//!   keep its order together.
+//!   partitioner: a key lands on `toPositive(murmur2(key)) % partitions`, the partition the Java
+//!   client with its defaults (and any client set to murmur2) picks for it, so Weir and other
+//!   producers of one key keep its order together.
 //! - **Headers** follow the CloudEvents Kafka protocol binding in binary mode: Weir's `ce-type`,
 //!   `ce-id`, … travel as `ce_type`, `ce_id`, … and `content-type` as itself, so any Kafka tool
 //!   reads Weir's events; on consume `ce_*` becomes `ce-*` again. Other headers travel as they
@@ -154,8 +154,9 @@
 //! - **A member that rejoins inside the session timeout of its dead predecessor can get an empty
 //!   assignment until that session expires** (reported; the killed-member test sees the message
 //!   come back when the session ends, not sooner).
-//! - The group's session timeout is whatever its first member asked for; tansu enforces no
-//!   minimum (Kafka's is 6 s, `group.min.session.timeout.ms`, which the tests use).
+//! - The group's session timeout is whatever its first member asked for, with no minimum (read
+//!   in tansu's source; Kafka's minimum is 6 s, `group.min.session.timeout.ms`, which the tests
+//!   use).
 //! - Debian's `kcat` cannot talk to tansu (reported); read a tansu topic with an rdkafka client,
 //!   as `tests/kafka.rs` does.
 
@@ -197,9 +198,9 @@ use crate::{
 /// Settings of a [`KafkaBus`]. Topic settings apply only when this bus creates the topic.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Namespace of every topic and group (`<prefix>.<name>`), so that deployments and tests
-    /// sharing a cluster stay apart: up to 48 bytes of `[A-Za-z0-9._-]`. Default empty: Weir's
-    /// names are Kafka's.
+    /// Namespace of every topic (`<prefix>.<topic>`) and group (`<prefix>.<group>:<topic>`), so
+    /// that deployments and tests sharing a cluster stay apart: up to 48 bytes of
+    /// `[A-Za-z0-9._-]`. Default empty: Weir's topic names are Kafka's.
     pub prefix: String,
     /// Partitions of a topic this bus creates. Default 16.
     pub partitions: u32,
@@ -226,7 +227,8 @@ pub struct Options {
     /// or acked above an unsettled one. Default 1000.
     pub max_buffered: usize,
     /// Messages per record batch the producer writes at most (librdkafka's
-    /// `batch.num.messages`). Default `None`: librdkafka's own (10,000).
+    /// `batch.num.messages`). Default `None`: librdkafka's own (10,000). Set 1 on tansu, which
+    /// mishandles batches of several records (see the crate docs).
     pub batch_messages: Option<u32>,
     /// How long `publish` may take before it fails. Default 30 s.
     pub publish_timeout: Duration,
