@@ -41,6 +41,8 @@ pub struct Bus {
 /// One broker connection, kept to close it.
 enum Connection {
     Nats(weir_bus_nats::NatsBus),
+    Rabbit(weir_bus_rabbitmq::RabbitBus),
+    Redis(weir_bus_redis::RedisBus),
 }
 
 impl Bus {
@@ -66,9 +68,16 @@ impl Bus {
         for connection in &self.connections {
             match connection {
                 Connection::Nats(bus) => bus.close().await,
+                Connection::Rabbit(bus) => bus.close().await,
+                Connection::Redis(bus) => bus.close(),
             }
         }
     }
+}
+
+/// One transport at `url`, without routes (its connection closes when the last clone goes).
+pub async fn connect_one(url: &str, prefix: &str) -> anyhow::Result<Transport> {
+    connect(url, prefix, &mut Vec::new()).await
 }
 
 async fn connect(url: &str, prefix: &str, connections: &mut Vec<Connection>) -> anyhow::Result<Transport> {
@@ -81,6 +90,23 @@ async fn connect(url: &str, prefix: &str, connections: &mut Vec<Connection>) -> 
                 format!("cannot use the bus at {shown}: is nats-server running with JetStream (nats-server -js)?")
             })?;
             connections.push(Connection::Nats(bus.clone()));
+            Ok(Transport::of(bus))
+        }
+        "amqp" | "amqps" => {
+            let options = weir_bus_rabbitmq::Options::with_prefix(prefix);
+            let bus = weir_bus_rabbitmq::RabbitBus::connect(url, options).await.with_context(|| {
+                format!("cannot use the bus at {shown}: is RabbitMQ running (rabbitmq-server -detached)?")
+            })?;
+            connections.push(Connection::Rabbit(bus.clone()));
+            Ok(Transport::of(bus))
+        }
+        "redis" | "rediss" => {
+            let options =
+                weir_bus_redis::Options { claim_idle: ACK_WAIT, ..weir_bus_redis::Options::with_prefix(prefix) };
+            let bus = weir_bus_redis::RedisBus::connect(url, options)
+                .await
+                .with_context(|| format!("cannot use the bus at {shown}: is redis-server (7.0 or later) running?"))?;
+            connections.push(Connection::Redis(bus.clone()));
             Ok(Transport::of(bus))
         }
         _ => bail!(

@@ -1,4 +1,5 @@
-//! `weir bench bus`: the kernel's moving parts — the SQLite log and the event stores.
+//! `weir bench bus`: the kernel's moving parts — every transport beside its broker's own client
+//! ([`transports`]), and the event stores.
 
 use std::{
     sync::Arc,
@@ -9,10 +10,16 @@ use anyhow::Context as _;
 use clap::Args;
 use hdrhistogram::Histogram;
 
-use super::{latency_histogram, ms, per_second, progress, table};
+use super::{
+    latency_histogram, ms, per_second, progress, table,
+    transports::{
+        self, Adapter, Client, Kind, Sizes,
+        raw_nats::{self, RawNats},
+    },
+};
 use weir_core::{
-    Db, Event, Publisher, Subscriber,
-    bus::Message,
+    Db, Event,
+    bus::Transport,
     store::{
         self,
         event_store::{self, ExpectedVersion},
@@ -20,16 +27,46 @@ use weir_core::{
 };
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  weir bench bus                          # every transport, then the event stores\n  \
+weir bench bus --transport kafka --transport nats --no-appends\n\
+Brokers at their standard ports on 127.0.0.1 unless told otherwise; scripts/tansu builds a \
+Kafka-protocol broker to run as one."
+)]
 pub struct BusArgs {
-    /// Messages to push through the SQLite log.
-    #[arg(long, default_value_t = 200_000)]
+    /// The transports to measure, each beside its broker's own client (repeat the flag).
+    #[arg(long = "transport", value_enum, default_values_t = [Kind::Sqlite, Kind::Nats, Kind::Kafka, Kind::Rabbitmq, Kind::Redis])]
+    transports: Vec<Kind>,
+    /// Messages each client publishes, then consumes.
+    #[arg(long, default_value_t = 20_000)]
     messages: u64,
-    /// Messages per publish call (each call is one durable commit, or part of one).
-    #[arg(long, default_value_t = 1000)]
+    /// Messages per publish call.
+    #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 256)]
     payload: usize,
+    /// Single-message publishes of the end-to-end latency run.
+    #[arg(long, default_value_t = 2_000)]
+    e2e_messages: u64,
+    /// Their pace, per second.
+    #[arg(long, default_value_t = 500)]
+    e2e_rate: u64,
+    /// NATS with JetStream.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// A Kafka broker (or a Kafka-protocol one, such as tansu).
+    #[arg(long, default_value = "kafka://127.0.0.1:9092")]
+    kafka_url: String,
+    /// RabbitMQ.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Leave the event-store append benchmarks out.
+    #[arg(long)]
+    no_appends: bool,
     /// Events to append to each event store.
     #[arg(long, default_value_t = 100_000)]
     appends: u64,
@@ -59,7 +96,36 @@ struct Row {
 
 pub async fn run(args: BusArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let mut rows = vec![sqlite_log(&args, tmp.path()).await?];
+    let sizes = Sizes {
+        messages: args.messages,
+        batch: args.batch.max(1),
+        payload: args.payload,
+        e2e_messages: args.e2e_messages,
+        e2e_rate: args.e2e_rate,
+    };
+    let mut kinds = args.transports.clone();
+    kinds.dedup();
+    let mut measured = Vec::new();
+    // The brokers' topics of this run are under this prefix, to be deleted after it.
+    let prefix = format!("bench{}", uuid::Uuid::now_v7().simple());
+    for kind in kinds {
+        let (adapter, raw) = clients(kind, &args, &prefix, tmp.path()).await?;
+        let label = format!("{kind:?}").to_lowercase();
+        let figures = transports::measure(&label, adapter, &sizes).await?;
+        measured.push(transports::Row { transport: kind, client: "weir", figures });
+        if let Some((name, raw)) = raw {
+            let figures = transports::measure(&format!("{label} ({name})"), raw, &sizes).await?;
+            measured.push(transports::Row { transport: kind, client: name, figures });
+        }
+        if kind == Kind::Nats {
+            RawNats::connect(&args.nats_url).await?.clean(&[raw_nats::RAW_PREFIX, &prefix]).await?;
+        }
+    }
+    transports::print(&measured, &sizes);
+    if args.no_appends {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
     let sqlite: Db = Arc::new(weir_store_sqlite::SqliteDatabase::open(tmp.path().join("events.db"))?);
     rows.push(appends("event store append (SQLite)", sqlite, &args).await?);
     if !args.no_postgres {
@@ -82,55 +148,30 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `messages` in batches while one consumer acks them; latency is publish call → ack.
-async fn sqlite_log(args: &BusArgs, dir: &std::path::Path) -> anyhow::Result<Row> {
-    let log = weir_store_sqlite::SqliteLog::open(dir.join("bus.db"), Default::default())?;
-    let topic = "bench";
-    let mut subscription = log.subscribe(topic, "bench-consumer").await?;
-    let origin = Instant::now();
-    let total = args.messages;
-    let bar = progress(total, "SQLite log publish→ack");
-    let consumer = tokio::spawn({
-        let bar = bar.clone();
-        async move {
-            let mut latency = latency_histogram();
-            let mut received = 0u64;
-            while received < total {
-                let Some(d) = subscription.next().await else { break };
-                let sent = u64::from_le_bytes(d.message.payload[..8].try_into().unwrap());
-                d.ack().await?;
-                let now = origin.elapsed().as_micros() as u64;
-                latency.saturating_record(now.saturating_sub(sent).max(1));
-                received += 1;
-                if received.is_multiple_of(1000) {
-                    bar.set_position(received);
-                }
-            }
-            anyhow::Ok((received, latency))
+type Named = Option<(&'static str, Arc<dyn Client>)>;
+
+/// The adapter of `kind` and, for a broker, its own client beside it.
+async fn clients(
+    kind: Kind,
+    args: &BusArgs,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Client>, Named)> {
+    let adapter = |transport| -> Arc<dyn Client> { Arc::new(Adapter(transport)) };
+    Ok(match kind {
+        Kind::Sqlite => {
+            let log = weir_store_sqlite::SqliteLog::open(dir.join("bus.db"), Default::default())?;
+            (adapter(Transport::of(log)), None)
         }
-    });
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let filler = vec![b'x'; args.payload.saturating_sub(8)];
-    while sent < total {
-        let n = (args.batch as u64).min(total - sent);
-        let stamp = (origin.elapsed().as_micros() as u64).to_le_bytes();
-        let batch: Vec<Message> = (0..n)
-            .map(|i| {
-                let mut payload = Vec::with_capacity(args.payload.max(8));
-                payload.extend_from_slice(&stamp);
-                payload.extend_from_slice(&filler);
-                Message::new(format!("key-{}", (sent + i) % 64), payload)
-            })
-            .collect();
-        log.publish(topic, batch).await?;
-        sent += n;
-    }
-    let (received, latency) = consumer.await??;
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
-    anyhow::ensure!(received == total, "only {received} of {total} messages came back");
-    Ok(Row { what: "SQLite log publish→consume→ack".into(), count: total, elapsed, latency: Some(latency) })
+        Kind::Nats => {
+            let bus = crate::bus::connect_one(&args.nats_url, prefix).await?;
+            let raw = RawNats::connect(&args.nats_url).await?;
+            (adapter(bus), Some(("async-nats", Arc::new(raw) as Arc<dyn Client>)))
+        }
+        Kind::Kafka | Kind::Rabbitmq | Kind::Redis => {
+            anyhow::bail!("the {kind:?} transport is not in this build yet")
+        }
+    })
 }
 
 /// Concurrent writers append `append_batch` events per transaction to their own streams.
@@ -198,5 +239,5 @@ fn print_table(rows: &[Row]) {
         ]);
     }
     println!("{table}");
-    println!("Latency: SQLite log = publish call → ack; appends = begin → durable commit of one batch.");
+    println!("Latency: begin → durable commit of one batch.");
 }

@@ -3,6 +3,7 @@
 mod bus;
 mod documents;
 mod orders;
+mod transports;
 
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Subcommand)]
 pub enum Scenario {
-    /// SQLite log publish → consume → ack, and event-store appends on SQLite and PostgreSQL.
+    /// Every transport (SQLite log, NATS, Kafka, RabbitMQ, Redis) beside its broker's own client:
+    /// publish, consume + ack, end-to-end latency; then event-store appends on SQLite and
+    /// PostgreSQL.
     Bus(bus::BusArgs),
     /// Load a running `weir up`: register users, place orders at a set concurrency for a set
     /// time, wait for every order to finish, and report throughput, latency and memory.
