@@ -12,8 +12,9 @@ use weir_core::bus::{Pattern, Routed, Transport};
 #[derive(Args, Debug, Clone)]
 pub struct BusArgs {
     /// The bus, by URL: `nats://HOST:4222` (NATS with JetStream), `kafka://HOST:9092[,HOST:9092]`
-    /// (Kafka or a Kafka-protocol broker), `amqp://USER:PASSWORD@HOST:5672/VHOST` (RabbitMQ)
-    /// or `redis://HOST:6379` (Redis Streams). Every process of a deployment uses the same.
+    /// (Kafka; on tansu add `?batch_messages=1`), `amqp://USER:PASSWORD@HOST:5672/VHOST`
+    /// (RabbitMQ) or `redis://HOST:6379` (Redis Streams). Every process of a deployment uses the
+    /// same.
     #[arg(long = "bus", env = "WEIR_BUS_URL", default_value = "nats://127.0.0.1:4222", alias = "nats-url")]
     pub url: String,
     /// Topics whose name matches PATTERN (`*` = any characters) go over the bus at URL instead,
@@ -41,6 +42,7 @@ pub struct Bus {
 /// One broker connection, kept to close it.
 enum Connection {
     Nats(weir_bus_nats::NatsBus),
+    Kafka(weir_bus_kafka::KafkaBus),
     Rabbit(weir_bus_rabbitmq::RabbitBus),
     Redis(weir_bus_redis::RedisBus),
 }
@@ -68,6 +70,7 @@ impl Bus {
         for connection in &self.connections {
             match connection {
                 Connection::Nats(bus) => bus.close().await,
+                Connection::Kafka(bus) => bus.close().await,
                 Connection::Rabbit(bus) => bus.close().await,
                 Connection::Redis(bus) => bus.close(),
             }
@@ -90,6 +93,28 @@ async fn connect(url: &str, prefix: &str, connections: &mut Vec<Connection>) -> 
                 format!("cannot use the bus at {shown}: is nats-server running with JetStream (nats-server -js)?")
             })?;
             connections.push(Connection::Nats(bus.clone()));
+            Ok(Transport::of(bus))
+        }
+        "kafka" => {
+            let (bootstrap, query) = url["kafka://".len()..].split_once('?').unwrap_or((&url["kafka://".len()..], ""));
+            let mut options = weir_bus_kafka::Options {
+                session_timeout: ACK_WAIT,
+                heartbeat_interval: ACK_WAIT / 10,
+                ..weir_bus_kafka::Options::with_prefix(prefix)
+            };
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("batch_messages", n)) => {
+                        options.batch_messages =
+                            Some(n.parse().with_context(|| format!("{shown}: batch_messages={n:?} is not a number"))?);
+                    }
+                    _ => bail!("{shown}: unknown setting {pair:?}; the one there is: batch_messages=N (1 for tansu)"),
+                }
+            }
+            let bus = weir_bus_kafka::KafkaBus::connect(bootstrap, options).await.with_context(|| {
+                format!("cannot use the bus at {shown}: is a Kafka broker running there (or tansu: scripts/tansu)?")
+            })?;
+            connections.push(Connection::Kafka(bus.clone()));
             Ok(Transport::of(bus))
         }
         "amqp" | "amqps" => {
