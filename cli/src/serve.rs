@@ -18,7 +18,7 @@ use weir_core::{Db, Kernel, store, store::outbox::Outbox};
 use weir_http::{app::App, telemetry};
 
 use crate::{
-    bus::{Bus, BusArgs},
+    bus::BusArgs,
     data_dir::Keys,
     runtime::{self, ProcessArgs},
     services::{self, PaymentGatewayArgs, Service, ServiceArgs, Shared},
@@ -132,7 +132,12 @@ async fn serve_service(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let name = service.name();
-    let bus = Bus::connect(&args.bus).await?;
+    // Stable across restarts of this process, unique among live ones: its service, host and
+    // listener (a listener on port 0 is neither, so it gets a fresh name).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let listen = args.process.listen;
+    let member = (listen.port() != 0).then(|| format!("{name}@{}:{listen}", host.trim()));
+    let bus = args.bus.connect(member).await?;
     let db = connect(name, args.database_url.as_deref(), args.database_pool).await?;
     store::install(db.as_ref()).await.with_context(|| format!("cannot prepare the {name} database"))?;
     let keys = Keys::load_or_generate(&args.state_dir.join("keys"))?;
