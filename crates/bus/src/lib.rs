@@ -83,7 +83,6 @@ impl Bus {
 }
 
 async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connection>) -> Result<Transport, Error> {
-    let shown = redacted(url);
     let unreachable = |hint| move |source| Error::Unreachable { url: redacted(url), hint, source };
     let prefix = settings.prefix.as_str();
     match url.split_once("://").map_or("", |(scheme, _)| scheme) {
@@ -97,25 +96,16 @@ async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connectio
             Ok(Transport::of(bus))
         }
         "kafka" => {
-            let rest = &url["kafka://".len()..];
-            let (bootstrap, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (bootstrap, settings_of_url) = split_settings(&url["kafka://".len()..]);
             let mut options = weir_bus_kafka::Options {
                 session_timeout: settings.redelivery,
                 heartbeat_interval: settings.redelivery / 10,
                 ..weir_bus_kafka::Options::with_prefix(prefix)
             };
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let setting = |why: String| Error::Setting { url: shown.clone(), why };
-                match pair.split_once('=') {
-                    Some(("batch_messages", n)) => {
-                        let n = n.parse().map_err(|_| setting(format!("batch_messages={n:?} is not a number")))?;
-                        options.batch_messages = Some(n);
-                    }
-                    _ => {
-                        return Err(setting(format!(
-                            "unknown setting {pair:?}; there is batch_messages=N (1 for tansu)"
-                        )));
-                    }
+            for (name, value) in settings_of_url {
+                match name {
+                    "batch_messages" => options.batch_messages = Some(number(url, name, value)?),
+                    _ => return Err(unknown_setting(url, name, "batch_messages=N (1 for tansu)")),
                 }
             }
             let bus = weir_bus_kafka::KafkaBus::connect(bootstrap, options)
@@ -125,7 +115,15 @@ async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connectio
             Ok(Transport::of(bus))
         }
         "amqp" | "amqps" => {
-            let bus = weir_bus_rabbitmq::RabbitBus::connect(url, weir_bus_rabbitmq::Options::with_prefix(prefix))
+            let (address, settings_of_url) = split_settings(url);
+            let mut options = weir_bus_rabbitmq::Options::with_prefix(prefix);
+            for (name, value) in settings_of_url {
+                match name {
+                    "queue_expiry" => options.queue_expiry = Some(Duration::from_secs(number(url, name, value)?)),
+                    _ => return Err(unknown_setting(url, name, "queue_expiry=SECONDS (for tests)")),
+                }
+            }
+            let bus = weir_bus_rabbitmq::RabbitBus::connect(address, options)
                 .await
                 .map_err(unreachable("is RabbitMQ running (rabbitmq-server -detached)?"))?;
             connections.push(Connection::Rabbit(bus.clone()));
@@ -143,8 +141,24 @@ async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connectio
             connections.push(Connection::Redis(bus.clone()));
             Ok(Transport::of(bus))
         }
-        scheme => Err(Error::Scheme { url: shown, scheme: scheme.to_owned() }),
+        scheme => Err(Error::Scheme { url: redacted(url), scheme: scheme.to_owned() }),
     }
+}
+
+/// Weir's own settings in a URL's query (`?name=value&…`), taken off before the address goes to
+/// the client.
+fn split_settings(url: &str) -> (&str, impl Iterator<Item = (&str, &str)>) {
+    let (address, query) = url.split_once('?').unwrap_or((url, ""));
+    let pairs = query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")));
+    (address, pairs)
+}
+
+fn number<T: std::str::FromStr>(url: &str, name: &str, value: &str) -> Result<T, Error> {
+    value.parse().map_err(|_| Error::Setting { url: redacted(url), why: format!("{name}={value:?} is not a number") })
+}
+
+fn unknown_setting(url: &str, name: &str, known: &str) -> Error {
+    Error::Setting { url: redacted(url), why: format!("unknown setting {name:?}; there is {known}") }
 }
 
 /// `url` without its password, for messages and logs.
@@ -164,6 +178,15 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_come_off_the_address() {
+        let (address, settings) = split_settings("amqp://guest:guest@h:5672/%2f?queue_expiry=60&x=");
+        assert_eq!(address, "amqp://guest:guest@h:5672/%2f");
+        assert_eq!(settings.collect::<Vec<_>>(), [("queue_expiry", "60"), ("x", "")]);
+        let (address, mut settings) = split_settings("a:9092,b:9092");
+        assert_eq!((address, settings.next()), ("a:9092,b:9092", None));
+    }
 
     #[test]
     fn passwords_never_show() {

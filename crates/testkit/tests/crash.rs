@@ -82,8 +82,8 @@ async fn crash_sqlite_outbox_and_inbox_survive_sigkill() {
     assert_exactly_once(&db, &log).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_postgres_and_nats_outbox_and_inbox_survive_sigkill() {
+/// The worker on PostgreSQL and the bus at `bus_url`, killed again and again; then counted.
+async fn crash_distributed(bus_url: &str) {
     let name = format!("weir_crash_{}", uuid::Uuid::now_v7().simple());
     let admin = std::env::var("WEIR_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| weir_store_postgres::DEFAULT_TEST_ADMIN_URL.to_owned());
@@ -93,10 +93,37 @@ async fn crash_postgres_and_nats_outbox_and_inbox_survive_sigkill() {
     let url = format!("{}/{name}", admin.rsplit_once('/').expect("a URL with a database path").0);
     let prefix = format!("crash{}", uuid::Uuid::now_v7().simple());
     let secret = secret();
-    let args = vec!["distributed".into(), url.clone(), prefix.clone(), TOTAL.to_string()];
+    let args = vec!["distributed".into(), url.clone(), bus_url.to_owned(), prefix.clone(), TOTAL.to_string()];
     tokio::task::spawn_blocking(move || run_and_kill(&args, &secret)).await.unwrap();
     let db: Db = std::sync::Arc::new(weir_store_postgres::PgDatabase::connect(&url).await.unwrap());
-    let options = weir_bus_nats::Options { prefix, ..Default::default() };
-    let bus = weir_bus_nats::NatsBus::connect("nats://127.0.0.1:4222", options).await.unwrap();
-    assert_exactly_once(&db, &bus).await;
+    let settings = weir_bus::Settings { prefix, redelivery: Duration::from_secs(3), member: None };
+    let bus = weir_bus::Bus::connect(bus_url, &[], &settings)
+        .await
+        .unwrap_or_else(|e| panic!("{e} (scripts/services starts the machine's brokers)"));
+    assert_exactly_once(&db, bus.transport.subscriber.as_ref()).await;
+    bus.close().await;
+    let _ = weir_store_postgres::drop_database(&admin, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_postgres_and_nats_outbox_and_inbox_survive_sigkill() {
+    crash_distributed("nats://127.0.0.1:4222").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_postgres_and_kafka_outbox_and_inbox_survive_sigkill() {
+    // A broker of the test's own, which outlives every worker it kills.
+    let tansu = weir_testkit::server::tansu();
+    crash_distributed(&format!("kafka://127.0.0.1:{}?batch_messages=1", tansu.port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_postgres_and_rabbitmq_outbox_and_inbox_survive_sigkill() {
+    // The broker forgets the test's queues ten minutes after it ends.
+    crash_distributed("amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=600").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_postgres_and_redis_outbox_and_inbox_survive_sigkill() {
+    crash_distributed("redis://127.0.0.1:6379").await;
 }

@@ -6,7 +6,9 @@
 //! outbox is empty.
 //!
 //! Usage: crash-worker sqlite <dir> <total> [--finish]
-//!        crash-worker distributed <postgres-url> <nats-prefix> <total> [--finish]
+//!        crash-worker distributed <postgres-url> <bus-url> <bus-prefix> <total> [--finish]
+//! where `<bus-url>` is any transport `weir serve --bus` takes (`nats://`, `kafka://`, `amqp://`,
+//! `redis://`), with a redelivery wait of three seconds.
 //! The signing secret comes from `WEIR_CRASH_SECRET` (hex), so restarts verify old events.
 
 use std::{sync::Arc, time::Duration};
@@ -61,19 +63,20 @@ async fn open(args: &[String]) -> anyhow::Result<(Db, Arc<dyn Publisher>, Arc<dy
         }
         Some("distributed") => {
             let url = args.get(1).context("missing <postgres-url>")?;
-            let prefix = args.get(2).context("missing <nats-prefix>")?;
-            let total = args.get(3).context("missing <total>")?.parse()?;
+            let bus_url = args.get(2).context("missing <bus-url>")?;
+            let prefix = args.get(3).context("missing <bus-prefix>")?;
+            let total = args.get(4).context("missing <total>")?.parse()?;
             let db: Db = Arc::new(weir_store_postgres::PgDatabase::connect(url).await?);
-            let options = weir_bus_nats::Options {
+            let settings = weir_bus::Settings {
                 prefix: prefix.clone(),
-                ack_wait: Duration::from_secs(3),
-                ..Default::default()
+                redelivery: Duration::from_secs(3),
+                member: Some("crash-worker".to_owned()),
             };
-            let bus = weir_bus_nats::NatsBus::connect("nats://127.0.0.1:4222", options).await?;
-            Ok((db, Arc::new(bus.clone()), Arc::new(bus), total))
+            let bus = weir_bus::Bus::connect(bus_url, &[], &settings).await?;
+            Ok((db, bus.transport.publisher, bus.transport.subscriber, total))
         }
         _ => bail!(
-            "usage: crash-worker sqlite <dir> <total> | distributed <postgres-url> <nats-prefix> <total> [--finish]"
+            "usage: crash-worker sqlite <dir> <total> | distributed <postgres-url> <bus-url> <bus-prefix> <total> [--finish]"
         ),
     }
 }
