@@ -1,7 +1,10 @@
 //! `weir serve`: the order pipeline as separate processes on the distributed components — one
-//! PostgreSQL database per service on the local server and NATS JetStream for the bus — with two
-//! processes of orders and of payments sharing their work, one of each killed midway. Black-box: each process is the real binary, reached
-//! only over HTTP. PostgreSQL and NATS must run (`.ci/run` starts them); a missing one fails.
+//! PostgreSQL database per service on the local server, and a bus: NATS JetStream, or Kafka for
+//! events with RabbitMQ for commands (the split the seeds recommend) — with two processes of
+//! orders and of payments sharing their work, one of each killed midway; and the document
+//! platform, on NATS and on Kafka. Black-box: each process is the real binary, reached only over
+//! HTTP. PostgreSQL, NATS and RabbitMQ must run (`.ci/run` starts them; a missing one fails);
+//! each Kafka test starts a tansu broker of its own.
 
 mod common;
 
@@ -16,22 +19,74 @@ use uuid::Uuid;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The bus a deployment runs on: `weir serve`'s bus arguments (the prefix aside), and the broker
+/// the test started for it.
+struct Bus {
+    args: Vec<String>,
+    nats: bool,
+    /// A killed process is replaced, as a supervisor would: on tansu the survivors of a group
+    /// never get a dead member's partitions until a member joins (see weir-bus-kafka's tests).
+    replace_the_killed: bool,
+    /// The processes of a service share its commands. On RabbitMQ a group's partition queue has
+    /// one active consumer, the first process to subscribe; the others stand by.
+    shares_commands: bool,
+    _broker: Option<weir_testkit::server::Server>,
+}
+
+impl Bus {
+    fn nats() -> Self {
+        let args = vec!["--bus".into(), NATS_URL.into()];
+        Self { args, nats: true, replace_the_killed: false, shares_commands: true, _broker: None }
+    }
+
+    /// Events over a Kafka broker of the test's own, commands and saga timers over RabbitMQ.
+    fn kafka_and_rabbitmq() -> Self {
+        let tansu = weir_testkit::server::tansu();
+        // The broker forgets the deployment's queues ten minutes after it ends.
+        let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=600";
+        let args = vec![
+            "--bus".into(),
+            format!("kafka://127.0.0.1:{}?batch_messages=1", tansu.port()),
+            "--bus-route".into(),
+            format!("*.commands={amqp}"),
+            "--bus-route".into(),
+            format!("saga.timeouts={amqp}"),
+        ];
+        Self { args, nats: false, replace_the_killed: true, shares_commands: false, _broker: Some(tansu) }
+    }
+
+    /// Everything over a Kafka broker of the test's own.
+    fn kafka() -> Self {
+        let tansu = weir_testkit::server::tansu();
+        let args = vec!["--bus".into(), format!("kafka://127.0.0.1:{}?batch_messages=1", tansu.port())];
+        Self { args, nats: false, replace_the_killed: true, shares_commands: true, _broker: Some(tansu) }
+    }
+}
+
 /// One deployment: a database per service (dropped at the end), a bus prefix of its own and a
 /// shared key directory.
 struct Deployment {
     prefix: String,
+    bus: Bus,
     /// Each service's database.
     databases: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
 impl Deployment {
-    fn new() -> Self {
+    fn new(bus: Bus) -> Self {
         Self {
             prefix: format!("serve_{}", Uuid::now_v7().simple()),
+            bus,
             databases: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// The database URL of `service`'s processes.
+    fn database_url(&self, service: &str) -> String {
+        let (_, database) = self.databases.iter().find(|(s, _)| s == service).expect("the service was started");
+        format!("postgres://postgres@127.0.0.1:5432/{database}")
     }
 
     /// Starts `weir serve <service>` on a free port and waits until it answers. Processes of
@@ -52,6 +107,7 @@ impl Deployment {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["serve", service, "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
             .args(["--bus-prefix", &self.prefix])
+            .args(&self.bus.args)
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(extra)
@@ -70,8 +126,14 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The processes' logs, kept for whoever reads the failure.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("the deployment's logs are in {}", kept.display());
+        }
         let databases = std::mem::take(&mut self.databases);
         let prefix = self.prefix.clone();
+        let nats = self.bus.nats;
         // Best effort, on a runtime of its own: the test's may be gone when a test panics.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -79,9 +141,12 @@ impl Drop for Deployment {
                 for (_, name) in databases {
                     let _ = weir_store_postgres::drop_database(ADMIN_URL, &name).await;
                 }
-                if let Ok(bus) =
-                    weir_bus_nats::NatsBus::connect(NATS_URL, weir_bus_nats::Options::with_prefix(prefix)).await
-                {
+                let bus = if nats {
+                    weir_bus_nats::NatsBus::connect(NATS_URL, weir_bus_nats::Options::with_prefix(prefix)).await.ok()
+                } else {
+                    None
+                };
+                if let Some(bus) = bus {
                     for topic in TOPICS {
                         let _ = bus.delete_topic(topic).await;
                         let _ = bus.delete_topic(&format!("{topic}.dlq")).await;
@@ -121,13 +186,21 @@ async fn handled(process: &Process) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() {
-    let mut deployment = Deployment::new();
+    order_pipeline(Deployment::new(Bus::nats())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_pipeline_runs_on_kafka_for_events_and_rabbitmq_for_commands() {
+    order_pipeline(Deployment::new(Bus::kafka_and_rabbitmq())).await;
+}
+
+async fn order_pipeline(mut deployment: Deployment) {
     // A slow gateway, so that charges are in flight when a payments process is killed.
     let gateway = deployment.serve("payment-gateway", &["--payment-latency-ms", "300"]).await;
     let users = deployment.serve("users", &[]).await;
     let inventory = deployment.serve("inventory", &[]).await;
     let mut orders_a = deployment.serve("orders", &[]).await;
-    let orders_b = deployment.serve("orders", &[]).await;
+    let mut orders_b = deployment.serve("orders", &[]).await;
     let mut payments_a = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
     let _payments_b = deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await;
     let _saga = deployment.serve("saga", &[]).await;
@@ -162,15 +235,22 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     }))
     .await;
     payments_a.kill();
+    let _replacement = match deployment.bus.replace_the_killed {
+        true => Some(deployment.serve("payments", &["--payment-gateway-url", &gateway.url]).await),
+        false => None,
+    };
     for id in &placed {
-        assert_eq!(a.wait_for_outcome(&user.token, id).await["status"], "COMPLETED");
+        let view = a.wait_for_outcome(&user.token, id).await;
+        assert_eq!(view["status"], "COMPLETED", "{view}");
     }
     let listed = a.get_json(&user.token, "/v1/orders?limit=100").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 21, "{listed}");
-    assert!(
-        handled(&orders_a).await > 0.0 && handled(&orders_b).await > 0.0,
-        "the bus shares orders' work between its two processes"
-    );
+    if deployment.bus.shares_commands {
+        assert!(
+            handled(&orders_a).await > 0.0 && handled(&orders_b).await > 0.0,
+            "the bus shares orders' work between its two processes"
+        );
+    }
 
     // One orders process dies; the other carries on with what comes next, and the gateway
     // passes over the dead one (two orders: one of them is its turn).
@@ -193,6 +273,20 @@ async fn the_order_pipeline_runs_as_separate_processes_on_postgresql_and_nats() 
     assert_eq!(after["stock"]["reserved"].as_i64(), Some(0), "{after}");
     let notified = notifications.client().wait_for_notifications(&user.token, 23).await;
     assert_eq!(notified.len(), 23, "one notification per order");
+
+    // The operator rebuilds orders' read model from its event store in its PostgreSQL database
+    // (its processes stopped), and an orders process started afterwards lists every order.
+    orders_b.kill();
+    let database = deployment.database_url("orders");
+    let replay = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["replay", "orders.order_views", "--database-url", &database])
+        .output()
+        .expect("weir replay runs");
+    assert!(replay.status.success(), "weir replay failed: {}", String::from_utf8_lossy(&replay.stderr));
+    assert!(String::from_utf8_lossy(&replay.stdout).starts_with("Replayed "), "{replay:?}");
+    let orders = deployment.serve("orders", &[]).await;
+    let listed = orders.client().get_json(&user.token, "/v1/orders?limit=100").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 23, "{listed}");
 }
 
 /// Places the first order, once orders has learnt the catalog from inventory's events (a
@@ -225,8 +319,16 @@ async fn wait_for_sold(inventory: &Client, product_id: &str, sold: i64) -> Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_platform_runs_as_separate_processes_on_postgresql_and_nats() {
+    document_platform(Deployment::new(Bus::nats())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_platform_runs_as_separate_processes_on_kafka() {
+    document_platform(Deployment::new(Bus::kafka())).await;
+}
+
+async fn document_platform(mut deployment: Deployment) {
     use weir_samples::{DocClass, generate, render};
-    let mut deployment = Deployment::new();
     let grpc = format!("127.0.0.1:{}", free_port());
     let users = deployment.serve("users", &[]).await;
     let documents = deployment.serve("documents", &[]).await;
