@@ -360,3 +360,34 @@ async fn document_platform(mut deployment: Deployment) {
     let grpc_health = tokio::net::TcpStream::connect(&grpc).await;
     assert!(grpc_health.is_ok(), "classification serves gRPC on {grpc}");
 }
+
+/// A bus URL that cannot work fails `weir serve` at once, saying what to do, before any
+/// database is touched, and never shows a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_bus_url_is_a_clear_error_at_start() {
+    let cases = [
+        (vec!["--bus", "foo://127.0.0.1:1"], "unknown scheme \"foo\"; use nats://, kafka://, amqp:// or redis://"),
+        (vec!["--bus", "kafka://127.0.0.1:1"], "is a Kafka broker running there"),
+        (vec!["--bus", "kafka://127.0.0.1:1?batch=1"], "unknown setting \"batch\""),
+        (vec!["--bus", "amqp://guest:hunter2@127.0.0.1:1/%2f"], "amqp://guest:***@127.0.0.1:1/%2f: is RabbitMQ running"),
+        (vec!["--bus", "redis://:hunter2@127.0.0.1:1"], "redis://:***@127.0.0.1:1: is redis-server"),
+        (vec!["--bus", "nats://127.0.0.1:1"], "is nats-server running with JetStream"),
+        (vec!["--bus-route", "orders commands=nats://127.0.0.1:4222"], "bad pattern"),
+        (vec!["--bus-route", "*.commands"], "write it as PATTERN=URL"),
+    ];
+    for (args, expected) in cases {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "users", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("WEIR_DATABASE_URL", "postgres://postgres@127.0.0.1:1/never_touched")
+            .output()
+            .expect("the weir binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains("hunter2"), "{args:?} showed the password:\n{stderr}");
+        assert!(!stderr.contains("database"), "{args:?} got as far as the database:\n{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{args:?} took {:?} to fail", started.elapsed());
+    }
+}
