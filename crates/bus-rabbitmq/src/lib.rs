@@ -15,8 +15,8 @@
 //!   `a.b` must not meet `a_b`.
 //! - A **message** is routed by its **partition**,
 //!   [`weir_core::bus::partition_of`]`(key, `[`Options::partitions`]`)`, as the routing key
-//!   `"0"`, `"1"`, …. The key travels in the `weir-key` header, a transport message id in the
-//!   `message-id` property.
+//!   `"0"`, `"1"`, …. The key travels in the `weir-key` header (without one, the
+//!   `cloudEvents:subject` is the key), a transport message id in the `message-id` property.
 //! - A **group** has one durable **quorum queue per partition**, `….g.<group>.<hash>.p<n>`,
 //!   bound to the topic exchange with its partition's routing key and declared with
 //!   `x-single-active-consumer`: the broker hands a partition to one consumer at a time, and to
@@ -39,8 +39,34 @@
 //! their bytes — CR, LF, blanks, any UTF-8 — arrive exactly. When reading, both `cloudEvents:`
 //! and `cloudEvents_` (the form the binding allows for JMS clients, which cannot use `:`) map
 //! back to `ce-`, and values of other AMQP types (from other publishers) are read as text.
-//! Names starting with `weir-`, `x-`, `cloudEvents:` or `cloudEvents_`, `CC` and `BCC` are
-//! refused on publish: they would steer this adapter or the broker.
+//! The adapter's own headers (`weir-key`, `weir-attempt`, `weir-not-before`, `weir-control`,
+//! `weir-wait`), names starting with `x-`, `cloudEvents:` or `cloudEvents_`, `CC` and `BCC` are
+//! refused on publish: they would steer this adapter or the broker. Other `weir-*` headers,
+//! such as the router's `weir-dlq-reason` on a dead letter, travel like any other header.
+//!
+//! ## Clients outside Weir
+//!
+//! A program that is not Weir — another language's AMQP client — reads and writes a topic
+//! through its exchange; the group queues belong to Weir's groups and are not for it.
+//!
+//! - **Names.** The exchange is `<prefix>.t.<topic>.<hash>`: the topic cut to its first 80
+//!   bytes, and `<hash>` the 64-bit FNV-1a hash of the whole topic as 16 lower-case hex digits;
+//!   the log is the exchange's name plus `.log`. Both exist once a Weir process has published to
+//!   or subscribed to the topic.
+//! - **Reading.** Every message of the topic, from the start: consume the log (a stream:
+//!   `basic.qos` with a prefetch, `basic.consume` with the argument `x-stream-offset` = `first`
+//!   — or an offset or time to start later — and an ack per message, which only returns credit)
+//!   and skip the messages that carry a `weir-control` header, the adapter's markers. The
+//!   client keeps its own position. For only the messages from now on, with acks and
+//!   redelivery, bind a queue of its own to the exchange with the binding key `#`.
+//! - **Publishing.** In binary mode, as a persistent message: the attributes as
+//!   `cloudEvents:<attribute>` headers (strings), the content type as the `content-type`
+//!   property, the data as the body. The routing key is the partition as a decimal number:
+//!   the 64-bit FNV-1a hash of the key — the event's subject — modulo [`Options::partitions`]
+//!   ([`weir_core::bus::partition_of`]; Weir's deployments must tell outside producers their
+//!   partition count). A message without a `weir-key` header is keyed by its
+//!   `cloudEvents:subject`. A message with any other routing key reaches the log but no
+//!   group: publish with `mandatory` and publisher confirms, and check the routing key.
 //!
 //! # A group that joins late: the history
 //!

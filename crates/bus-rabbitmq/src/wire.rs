@@ -7,7 +7,10 @@
 //! other headers under their own names. Values are long strings: their bytes arrive exactly.
 //! On the way in, both `cloudEvents:` and `cloudEvents_` (the binding's JMS-compatible form)
 //! are read as `ce-`. The key, the transport's message id and delivery bookkeeping travel in
-//! `weir-*` headers and properties, which a message may not set itself.
+//! five `weir-*` headers of this adapter's own and in properties, which a message may not set
+//! itself; other `weir-*` headers (the router's dead-letter headers) travel like any other. A
+//! message without a `weir-key` header — one from a producer outside Weir — is keyed by its
+//! `cloudEvents:subject`, the attribute Weir's key is taken from.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,6 +34,12 @@ pub(crate) const WAIT_HEADER: &str = "weir-wait";
 pub(crate) const CONTROL_CUT: &str = "cut";
 pub(crate) const CONTROL_END: &str = "end";
 
+/// The headers this adapter writes and reads itself: a message may not carry them, and on the
+/// way in they never become message headers.
+const OWN_HEADERS: [&str; 5] = [KEY_HEADER, ATTEMPT_HEADER, NOT_BEFORE_HEADER, CONTROL_HEADER, WAIT_HEADER];
+/// The key of a message that came without [`KEY_HEADER`]: its CloudEvents subject.
+const SUBJECT_HEADER: &str = "ce-subject";
+
 const CE_PREFIX: &str = "ce-";
 const AMQP_CE_PREFIX: &str = "cloudEvents:";
 const AMQP_CE_PREFIX_JMS: &str = "cloudEvents_";
@@ -41,8 +50,9 @@ const PERSISTENT: u8 = 2;
 /// A header that AMQP cannot carry or that this adapter reserves.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "header {0:?} cannot be sent over RabbitMQ: names are at most 255 bytes, and `weir-*`, `x-*`, \
-     `cloudEvents:*` and `cloudEvents_*` are reserved (use `ce-*` for CloudEvents attributes)"
+    "header {0:?} cannot be sent over RabbitMQ: names are at most 255 bytes, and `weir-key`, \
+     `weir-attempt`, `weir-not-before`, `weir-control`, `weir-wait`, `x-*`, `cloudEvents:*` and \
+     `cloudEvents_*` are reserved (use `ce-*` for CloudEvents attributes)"
 )]
 pub struct InvalidHeader(pub String);
 
@@ -114,7 +124,8 @@ pub(crate) struct Received {
     pub control: Option<String>,
 }
 
-/// Reads a delivery. `fallback_id` names a message that came without an id (one published by
+/// Reads a delivery. `fallback_id` names a message that came without an id, and its
+/// `cloudEvents:subject` keys a message that came without a `weir-key` (both: one published by
 /// something other than Weir). The attempt counts the nacks (`weir-attempt`) plus the broker's
 /// returns (`x-delivery-count`, kept by quorum queues).
 pub(crate) fn received(properties: &BasicProperties, payload: Vec<u8>, fallback_id: String) -> Received {
@@ -122,6 +133,7 @@ pub(crate) fn received(properties: &BasicProperties, payload: Vec<u8>, fallback_
     let mut envelope = Envelope { id: fallback_id, attempt: 1, not_before: None, wait: None };
     let mut returns = 0u32;
     let mut control = None;
+    let mut keyed = false;
     if let Some(id) = properties.message_id() {
         envelope.id = id.to_string();
     }
@@ -131,12 +143,15 @@ pub(crate) fn received(properties: &BasicProperties, payload: Vec<u8>, fallback_
     for (name, value) in properties.headers().iter().flat_map(|table| table.inner()) {
         let name = name.as_str();
         match name {
-            KEY_HEADER => message.key = text(value),
+            KEY_HEADER => {
+                message.key = text(value);
+                keyed = true;
+            }
             ATTEMPT_HEADER => envelope.attempt = number(value).and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1),
             NOT_BEFORE_HEADER => envelope.not_before = number(value).and_then(|n| u64::try_from(n).ok()),
             CONTROL_HEADER => control = Some(text(value)),
             "x-delivery-count" => returns = number(value).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
-            _ if name.starts_with("weir-") || name.starts_with("x-") => {}
+            _ if OWN_HEADERS.contains(&name) || name.starts_with("x-") => {}
             _ => {
                 let name = match name.strip_prefix(AMQP_CE_PREFIX).or_else(|| name.strip_prefix(AMQP_CE_PREFIX_JMS)) {
                     Some(attribute) => format!("{CE_PREFIX}{attribute}"),
@@ -146,6 +161,9 @@ pub(crate) fn received(properties: &BasicProperties, payload: Vec<u8>, fallback_
             }
         }
     }
+    if !keyed && let Some(subject) = message.headers.get(SUBJECT_HEADER) {
+        message.key = subject.clone();
+    }
     envelope.attempt = envelope.attempt.saturating_add(returns);
     Received { message, envelope, control }
 }
@@ -154,7 +172,7 @@ pub(crate) fn received(properties: &BasicProperties, payload: Vec<u8>, fallback_
 /// bookkeeping, as a broker argument, or as a CloudEvents attribute under its wire name.
 pub(crate) fn is_reserved(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("weir-")
+    OWN_HEADERS.contains(&lower.as_str())
         || lower.starts_with("x-")
         || name.starts_with(AMQP_CE_PREFIX)
         || name.starts_with(AMQP_CE_PREFIX_JMS)
@@ -261,10 +279,43 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_a_key_header_is_keyed_by_its_subject() {
+        let mut headers = FieldTable::default();
+        headers.insert("cloudEvents:subject".into(), AMQPValue::LongString("product-7".into()));
+        let properties = BasicProperties::default().with_headers(headers);
+        let got = received(&properties, b"{}".to_vec(), "fallback".to_owned());
+        assert_eq!(got.message.key, "product-7");
+        // A key header wins over the subject, even an empty one.
+        let message = Message::new("", "{}").with_header("ce-subject", "product-7");
+        assert_eq!(round_trip(&message, &Envelope::default()).message.key, "");
+        let unkeyed = received(&BasicProperties::default(), b"{}".to_vec(), "fallback".to_owned());
+        assert_eq!(unkeyed.message.key, "");
+    }
+
+    #[test]
+    fn the_routers_weir_headers_travel_like_any_other() {
+        let message = Message::new("k", "x")
+            .with_header("weir-dlq-reason", "bad signature: the event is not signed")
+            .with_header("weir-redriven-for", "billing");
+        let got = round_trip(&message, &Envelope::default());
+        assert_eq!(got.message, message);
+    }
+
+    #[test]
     fn reserved_and_oversized_headers_are_refused() {
-        for name in
-            ["weir-key", "x-death", "X-Delivery-Count", "cloudEvents:id", "cloudEvents_id", "CC", &"h".repeat(256)]
-        {
+        for name in [
+            "weir-key",
+            "weir-attempt",
+            "Weir-Not-Before",
+            "weir-control",
+            "weir-wait",
+            "x-death",
+            "X-Delivery-Count",
+            "cloudEvents:id",
+            "cloudEvents_id",
+            "CC",
+            &"h".repeat(256),
+        ] {
             let message = Message::new("k", "x").with_header(name, "v");
             assert!(properties(&message, &Envelope::default()).is_err(), "{name}");
         }
