@@ -15,6 +15,7 @@ use super::{
     transports::{
         self, Adapter, Client, Kind, Sizes,
         raw_nats::{self, RawNats},
+        raw_redis::{self, RawRedis},
     },
 };
 use weir_core::{
@@ -120,6 +121,9 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
         if kind == Kind::Nats {
             RawNats::connect(&args.nats_url).await?.clean(&[raw_nats::RAW_PREFIX, &prefix]).await?;
         }
+        if kind == Kind::Redis {
+            RawRedis::connect(&args.redis_url).await?.clean(&[raw_redis::RAW_PREFIX, &prefix]).await?;
+        }
     }
     transports::print(&measured, &sizes);
     if args.no_appends {
@@ -168,8 +172,13 @@ async fn clients(
             let raw = RawNats::connect(&args.nats_url).await?;
             (adapter(bus), Some(("async-nats", Arc::new(raw) as Arc<dyn Client>)))
         }
-        Kind::Kafka | Kind::Rabbitmq | Kind::Redis => {
+        Kind::Kafka | Kind::Rabbitmq => {
             anyhow::bail!("the {kind:?} transport is not in this build yet")
+        }
+        Kind::Redis => {
+            let bus = crate::bus::connect_one(&args.redis_url, prefix).await?;
+            let raw = RawRedis::connect(&args.redis_url).await?;
+            (adapter(bus), Some(("redis-rs", Arc::new(raw) as Arc<dyn Client>)))
         }
     })
 }
