@@ -281,13 +281,18 @@ async fn pump(core: Arc<Core>, shared: Arc<Shared>) {
 /// One channel's life: first the group's history, if it has one, then its partitions.
 async fn consume(core: &Core, shared: &Shared) -> Result<()> {
     let channel = shared.channel().await?;
-    channel.basic_qos(shared.options.prefetch.max(1), BasicQosOptions::default()).await.map_err(|e| core.error(e))?;
+    let prefetch = shared.options.prefetch.max(1);
     let history = core.names.history();
     let has_history = Probe::new(shared).count(&history).await?.is_some();
     if has_history {
+        // The history is one queue where the partitions are several: it gets their window.
+        let window = u16::try_from(u32::from(prefetch) * core.partitions).unwrap_or(u16::MAX);
+        channel.basic_qos(window, BasicQosOptions::default()).await.map_err(|e| core.error(e))?;
         let consumer = subscribe_to(core, &channel, &history).await?;
         catch_up(core, shared, consumer).await?;
     }
+    // A prefetch applies to each consumer started after it on the channel.
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| core.error(e))?;
     let mut consumers = Vec::with_capacity(core.partitions as usize);
     for partition in 0..core.partitions {
         consumers.push(subscribe_to(core, &channel, &core.names.partition(partition)).await?);

@@ -26,9 +26,13 @@ use crate::{
 };
 
 /// Messages read ahead from a topic's log while copying it.
-const COPY_PREFETCH: u16 = 512;
-/// Confirms awaited at a time while copying.
-const COPY_WINDOW: usize = 256;
+const COPY_PREFETCH: u16 = 1024;
+/// Log messages acked at once while copying, with one `multiple` ack: an ack on a stream only
+/// returns credit, and one per message cost as much as the copy's publish.
+const COPY_ACK_EVERY: u64 = 256;
+/// Copies whose confirms may be outstanding: the oldest is awaited when the window is full,
+/// so the broker never waits for this process to wake up.
+const COPY_WINDOW: usize = 2048;
 /// How long group creation waits for another process that is creating the same group.
 const LOCK_PATIENCE: Duration = Duration::from_secs(60);
 /// Reading a log to count it stops when the broker sends nothing for this long.
@@ -217,17 +221,20 @@ impl Shared {
             .map_err(|e| self.error(e))?;
         let history = names.history();
         let mut copied = 0;
-        let mut pending = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        let multiple = BasicAckOptions { multiple: true };
         loop {
             let delivery = match log.next().await {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(self.error(e)),
                 None => return Err(Error::transport(LogEnded(topic.log.clone()))),
             };
-            // Acks on a stream only return credit.
-            delivery.acker.ack(BasicAckOptions::default()).await.map_err(|e| self.error(e))?;
             let properties = &delivery.properties;
-            if properties.message_id().as_ref().is_some_and(|id| id.as_str() == cut) {
+            let is_cut = properties.message_id().as_ref().is_some_and(|id| id.as_str() == cut);
+            if is_cut || delivery.delivery_tag % COPY_ACK_EVERY == 0 {
+                delivery.acker.ack(multiple).await.map_err(|e| self.error(e))?;
+            }
+            if is_cut {
                 break;
             }
             if properties.headers().as_ref().is_some_and(|h| h.contains_key(CONTROL_HEADER)) {
@@ -253,12 +260,12 @@ impl Shared {
                 )
                 .await
                 .map_err(|e| self.error(e))?;
-            pending.push(confirm);
+            pending.push_back(confirm);
             copied += 1;
-            if pending.len() >= COPY_WINDOW {
-                for confirm in pending.drain(..) {
-                    self.confirmed(confirm).await?;
-                }
+            if pending.len() >= COPY_WINDOW
+                && let Some(oldest) = pending.pop_front()
+            {
+                self.confirmed(oldest).await?;
             }
         }
         drop(log);
