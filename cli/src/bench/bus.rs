@@ -15,6 +15,7 @@ use super::{
     transports::{
         self, Adapter, Client, Kind, Sizes,
         raw_nats::{self, RawNats},
+        raw_rabbitmq::{self, RawRabbit},
         raw_redis::{self, RawRedis},
     },
 };
@@ -121,6 +122,9 @@ pub async fn run(args: BusArgs) -> anyhow::Result<()> {
         if kind == Kind::Nats {
             RawNats::connect(&args.nats_url).await?.clean(&[raw_nats::RAW_PREFIX, &prefix]).await?;
         }
+        if kind == Kind::Rabbitmq {
+            raw_rabbitmq::clean(&args.amqp_url, &prefix).await?;
+        }
         if kind == Kind::Redis {
             RawRedis::connect(&args.redis_url).await?.clean(&[raw_redis::RAW_PREFIX, &prefix]).await?;
         }
@@ -172,8 +176,16 @@ async fn clients(
             let raw = RawNats::connect(&args.nats_url).await?;
             (adapter(bus), Some(("async-nats", Arc::new(raw) as Arc<dyn Client>)))
         }
-        Kind::Kafka | Kind::Rabbitmq => {
+        Kind::Kafka => {
             anyhow::bail!("the {kind:?} transport is not in this build yet")
+        }
+        Kind::Rabbitmq => {
+            let bus = crate::bus::connect_one(&args.amqp_url, prefix).await?;
+            let raw = RawRabbit::connect(&args.amqp_url).await?;
+            (
+                Arc::new(raw_rabbitmq::Tracked(adapter(bus))) as Arc<dyn Client>,
+                Some(("lapin", Arc::new(raw) as Arc<dyn Client>)),
+            )
         }
         Kind::Redis => {
             let bus = crate::bus::connect_one(&args.redis_url, prefix).await?;

@@ -9,6 +9,7 @@
 //!   while a group consumes: p50 and p99 of publish call → delivery.
 
 pub(super) mod raw_nats;
+pub(super) mod raw_rabbitmq;
 pub(super) mod raw_redis;
 
 use std::{
