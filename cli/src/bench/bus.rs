@@ -14,6 +14,7 @@ use super::{
     latency_histogram, ms, per_second, progress, table,
     transports::{
         self, Adapter, Client, Kind, Sizes,
+        raw_kafka::{self, RawKafka},
         raw_nats::{self, RawNats},
         raw_rabbitmq::{self, RawRabbit},
         raw_redis::{self, RawRedis},
@@ -177,7 +178,11 @@ async fn clients(
             (adapter(bus), Some(("async-nats", Arc::new(raw) as Arc<dyn Client>)))
         }
         Kind::Kafka => {
-            anyhow::bail!("the {kind:?} transport is not in this build yet")
+            let bus = crate::bus::connect_one(&args.kafka_url, prefix)
+                .await
+                .with_context(|| raw_kafka::how_to_run_a_broker(&args.kafka_url))?;
+            let raw = RawKafka::connect(&args.kafka_url).await?;
+            (adapter(bus), Some(("rdkafka", Arc::new(raw) as Arc<dyn Client>)))
         }
         Kind::Rabbitmq => {
             let bus = crate::bus::connect_one(&args.amqp_url, prefix).await?;

@@ -8,6 +8,7 @@
 //! - **end to end**: `--e2e-messages` single-message publishes paced at `--e2e-rate` per second
 //!   while a group consumes: p50 and p99 of publish call → delivery.
 
+pub(super) mod raw_kafka;
 pub(super) mod raw_nats;
 pub(super) mod raw_rabbitmq;
 pub(super) mod raw_redis;
