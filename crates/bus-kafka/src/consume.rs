@@ -41,6 +41,10 @@ use crate::{
 /// How long one `poll` may block: also how soon a dropped subscription starts leaving its group.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long one `poll` may block while a partition is paused: acks do not wake the thread, and
+/// a paused partition resumes only when the thread looks again.
+const POLL_PAUSED: Duration = Duration::from_millis(5);
+
 /// The state one member shares between its consumer thread, its subscription and its deliveries.
 pub(crate) struct Core {
     /// The Weir topic, as deliveries name it.
@@ -185,8 +189,9 @@ pub(crate) struct Pacing {
 /// (the revocation commits the acked prefix) so the partitions go to the other members at once.
 pub(crate) fn run(consumer: BaseConsumer<MemberContext>, core: Arc<Core>, pacing: Pacing) {
     let mut last_commit = Instant::now();
+    let mut paused = false;
     while !core.stop.is_cancelled() {
-        match consumer.poll(POLL) {
+        match consumer.poll(if paused { POLL_PAUSED } else { POLL }) {
             Some(Ok(message)) => {
                 let (partition, offset, message) = decode(&message);
                 if core.window().receive(partition, offset, message) {
@@ -213,7 +218,12 @@ pub(crate) fn run(consumer: BaseConsumer<MemberContext>, core: Arc<Core>, pacing
                 }
             }
         }
-        let (pause, resume) = core.window().flow(pacing.max_buffered);
+        let (pause, resume) = {
+            let mut window = core.window();
+            let flow = window.flow(pacing.max_buffered);
+            paused = window.any_paused();
+            flow
+        };
         flow(&consumer, &core, &pause, true);
         flow(&consumer, &core, &resume, false);
     }

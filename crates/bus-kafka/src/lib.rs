@@ -224,7 +224,11 @@ pub struct Options {
     /// creates get it as `max.message.bytes`. Default 2 MiB, so that 1 MiB payloads fit.
     pub max_message_bytes: usize,
     /// Fetching of a partition pauses while a member holds this many of its messages unsettled
-    /// or acked above an unsettled one. Default 1000.
+    /// or acked above an unsettled one, and resumes at half. Default 10,000: a resumed partition
+    /// waits for the fetch in flight (up to [`fetch_wait`](Self::fetch_wait)) before it is
+    /// fetched again, so the half left must outlast that wait — with 1000, a member reading a
+    /// backlog of 16 partitions paused and starved, at half the rate of a plain rdkafka consumer
+    /// (`weir bench bus`, tansu). librdkafka's own consumer prefetches up to 64 MiB.
     pub max_buffered: usize,
     /// Messages per record batch the producer writes at most (librdkafka's
     /// `batch.num.messages`). Default `None`: librdkafka's own (10,000). Set 1 on tansu, which
@@ -248,7 +252,7 @@ impl Default for Options {
             fetch_wait: Duration::from_millis(500),
             commit_interval: Duration::from_millis(500),
             max_message_bytes: 2 << 20,
-            max_buffered: 1000,
+            max_buffered: 10_000,
             batch_messages: None,
             publish_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),

@@ -275,6 +275,11 @@ impl Window {
         (pause, resume)
     }
 
+    /// Whether fetching of any partition is paused.
+    pub(crate) fn any_paused(&self) -> bool {
+        self.partitions.values().any(|state| state.paused)
+    }
+
     fn in_flight(&self, ticket: Ticket) -> Result<(), Stale> {
         let state = self.partitions.get(&ticket.partition).filter(|state| state.epoch == ticket.epoch);
         let Some(state) = state else { return Err(Stale::Revoked) };
@@ -487,12 +492,15 @@ mod tests {
         for offset in 0..4 {
             receive(&mut w, P, offset, "a");
         }
+        assert!(!w.any_paused());
         assert_eq!(w.flow(4), (vec![P], vec![]));
         assert_eq!(w.flow(4), (vec![], vec![]), "already paused");
+        assert!(w.any_paused());
         for offset in 0..3 {
             take(&mut w);
             w.ack(ticket(&w, P, offset)).unwrap();
         }
         assert_eq!(w.flow(4), (vec![], vec![P]));
+        assert!(!w.any_paused());
     }
 }
