@@ -22,20 +22,35 @@ SCHEMAS = pathlib.Path(__file__).resolve().parent.parent / "schemas"
 DATASCHEMA = re.compile(r"^/schemas/([a-z0-9_]+)/v([0-9]+)\.json$")
 
 
+def _version(attributes):
+    """The data version the ``ce-dataschema`` names (1 when there is none, as in Weir)."""
+    schema = attributes.get("ce-dataschema")
+    if schema is None:
+        return "1"
+    match = DATASCHEMA.match(schema)
+    if not match or match.group(1) != attributes.get("ce-type"):
+        raise ValueError(f"dataschema {schema!r} is not /schemas/{attributes.get('ce-type')}/v<n>.json")
+    return match.group(2)
+
+
+def _time(attributes):
+    """``ce-time`` as a UTC datetime; raises unless it is RFC 3339 with a zone."""
+    value = attributes["ce-time"]
+    parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"ce-time {value!r} has no time zone")
+    return parsed.astimezone(datetime.timezone.utc)
+
+
 def schema_of(attributes):
     """The JSON Schema the event's ``ce-dataschema`` names, from the repository's schemas/."""
-    match = DATASCHEMA.match(attributes.get("ce-dataschema", ""))
-    if not match:
-        raise ValueError(f"no dataschema of the form /schemas/<type>/v<n>.json: {attributes!r}")
-    kind, version = match.groups()
-    if kind != attributes.get("ce-type"):
-        raise ValueError(f"dataschema {kind} does not match ce-type {attributes.get('ce-type')}")
-    return json.loads((SCHEMAS / f"{kind}.v{version}.json").read_text())
+    return json.loads((SCHEMAS / f"{attributes['ce-type']}.v{_version(attributes)}.json").read_text())
 
 
 def validate(attributes, payload):
-    """Checks a Weir event: the required CloudEvents attributes, and its data against its
-    schema. Returns the decoded data; raises on anything wrong."""
+    """Checks a Weir event as Weir decodes one: the required CloudEvents attributes and their
+    forms (UUID ids, RFC 3339 time, JSON content), and its data against its schema. Returns the
+    decoded data; raises on anything wrong."""
     import jsonschema
 
     for name in ("ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject"):
@@ -43,7 +58,11 @@ def validate(attributes, payload):
             raise ValueError(f"missing CloudEvents attribute {name}: {attributes!r}")
     if attributes["ce-specversion"] != "1.0":
         raise ValueError(f"specversion {attributes['ce-specversion']}")
-    if attributes.get("content-type") != "application/json":
+    for name in ("ce-id", "ce-correlationid", "ce-causationid"):
+        if name in attributes:
+            uuid.UUID(attributes[name])
+    _time(attributes)
+    if not attributes.get("content-type", "application/json").startswith("application/json"):
         raise ValueError(f"content-type {attributes.get('content-type')}")
     data = json.loads(payload)
     jsonschema.validate(data, schema_of(attributes))
@@ -52,16 +71,16 @@ def validate(attributes, payload):
 
 def _canonical(attributes, payload):
     """What Weir's signature covers: nine length-prefixed parts (crates/core/src/event.rs,
-    ``Event::canonical_bytes``)."""
-    version = DATASCHEMA.match(attributes["ce-dataschema"]).group(2)
+    ``Event::canonical_bytes``), with the time as Weir renders it (microseconds, ``Z``) and the
+    correlation id defaulting to the event's id, as Weir decodes them."""
     parts = [
         attributes["ce-id"],
         attributes["ce-source"],
         attributes["ce-type"],
-        attributes["ce-time"],
+        _time(attributes).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         attributes["ce-subject"],
-        version,
-        attributes["ce-correlationid"],
+        _version(attributes),
+        attributes.get("ce-correlationid", attributes["ce-id"]),
         attributes.get("ce-causationid", ""),
     ]
     out = b"".join(struct.pack(">Q", len(p.encode())) + p.encode() for p in parts)
@@ -97,6 +116,9 @@ def sign(attributes, payload, key_id, secret):
 
 def verify(attributes, payload, secret):
     """True when the event carries a valid signature made with ``secret``."""
-    mac = hmac.new(secret, _canonical(attributes, payload), hashlib.sha256).digest()
+    try:
+        mac = hmac.new(secret, _canonical(attributes, payload), hashlib.sha256).digest()
+    except (KeyError, ValueError):
+        return False
     expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     return hmac.compare_digest(expected, attributes.get("ce-signature", ""))
