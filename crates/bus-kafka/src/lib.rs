@@ -154,6 +154,12 @@
 //! - **A member that rejoins inside the session timeout of its dead predecessor can get an empty
 //!   assignment until that session expires** (reported; the killed-member test sees the message
 //!   come back when the session ends, not sooner).
+//! - **A member joining while a dead member's session runs makes the group give the dead member
+//!   partitions**: tansu answers the leader's JoinGroup at once with every member it knows, where
+//!   Kafka waits for each to rejoin or time out. When the session ends tansu drops the member but
+//!   keeps the assignment, so those partitions have no reader (nothing is lost: their committed
+//!   offsets stay put) until another member joins. `tests/kafka.rs` shows it with plain rdkafka
+//!   consumers (`tansu_gives_a_dead_member_partitions_when_a_member_joins`).
 //! - The group's session timeout is whatever its first member asked for, with no minimum (read
 //!   in tansu's source; Kafka's minimum is 6 s, `group.min.session.timeout.ms`, which the tests
 //!   use).
@@ -380,6 +386,23 @@ impl KafkaBus {
         validate_name(topic)?;
         validate_name(group)?;
         Ok(group_id(&self.shared.options.prefix, group, topic))
+    }
+
+    /// The partitions of `topic` that this bus's subscriptions to `group` own now, in order: what
+    /// the group's last rebalance gave the members in this process (other processes' members are
+    /// not counted). Empty when none is subscribed.
+    pub fn assigned_partitions(&self, topic: &str, group: &str) -> Vec<i32> {
+        let members = lock(&self.shared.members);
+        let Some(cores) = members.get(&(topic.to_owned(), group.to_owned())) else { return Vec::new() };
+        let mut partitions: Vec<i32> = cores
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|core| !core.is_stopped())
+            .flat_map(|core| core.window().partitions().collect::<Vec<_>>())
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        partitions
     }
 
     /// Closes the bus and every clone of it: subscriptions end (`next` returns `None`) and leave

@@ -249,6 +249,11 @@ impl Window {
         }
     }
 
+    /// The partitions this member owns: assigned and not revoked since.
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+
     /// How many messages of `partition` at or above `from` this member acked while the commit
     /// position could not pass them (an earlier message of the partition is unsettled): settled,
     /// though the broker's committed offset does not show it yet.
@@ -458,6 +463,21 @@ mod tests {
         assert_eq!(w.next_due(), None, "the delay went with the partition");
         assert_eq!(take(&mut w), None);
         assert!(w.due_commits().is_empty());
+    }
+
+    #[test]
+    fn a_member_owns_its_partitions_from_assignment_to_revocation() {
+        let mut w = window();
+        let owned = |w: &Window| {
+            let mut partitions: Vec<i32> = w.partitions().collect();
+            partitions.sort_unstable();
+            partitions
+        };
+        assert_eq!(owned(&w), vec![P, 1]);
+        w.revoke(&[P]);
+        assert_eq!(owned(&w), vec![1]);
+        w.assign(&[5]);
+        assert_eq!(owned(&w), vec![1, 5]);
     }
 
     #[test]

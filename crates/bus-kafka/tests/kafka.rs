@@ -2,7 +2,14 @@
 //! (the partition of a key, the CloudEvents binding's header names), and the lag's arithmetic.
 //! Each test starts a `tansu` broker of its own and reads the wire with a plain rdkafka client.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use rdkafka::{
@@ -12,7 +19,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 use weir_bus_kafka::{KafkaBus, Options};
-use weir_core::bus::{Error, Message, Publisher, Subscriber};
+use weir_core::bus::{Error, Message, Publisher, Subscriber, Subscription};
 use weir_testkit::server::Server;
 
 const PARTITIONS: u32 = 16;
@@ -61,6 +68,33 @@ impl Broker {
                 }
             }
             records
+        })
+        .await
+        .expect("the reader")
+    }
+
+    /// Per partition of `topic`, what `group` committed, read by a plain client that never joins.
+    async fn committed_offsets(&self, topic: &str, group: &str) -> HashMap<i32, Option<i64>> {
+        let bootstrap = self.bootstrap();
+        let group = self.bus.kafka_group(topic, group).expect("a valid group");
+        let topic = self.bus.kafka_topic(topic).expect("a valid topic");
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("a plain consumer");
+            let mut list = TopicPartitionList::new();
+            for partition in 0..PARTITIONS as i32 {
+                list.add_partition(&topic, partition);
+            }
+            let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+            let offset = |offset| match offset {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            committed.elements().iter().map(|e| (e.partition(), offset(e.offset()))).collect()
         })
         .await
         .expect("the reader")
@@ -373,4 +407,292 @@ async fn a_crashed_members_messages_come_back() {
     eprintln!("redelivered {took:?} after the member was killed (session timeout {session:?})");
     assert!(took + Duration::from_millis(500) >= session, "back after {took:?}, before the session timed out");
     again.ack().await.expect("ack");
+}
+
+/// The environment variable that makes [`a_crashed_members_messages_come_back_to_the_group`]
+/// play the member that crashes, with the broker's address as its value.
+const CRASHING_PEER: &str = "WEIR_KAFKA_CRASHING_PEER";
+
+/// Two members share a group; one is killed while holding deliveries (no close, no leave), and a
+/// replacement joins, as a supervisor would start one. Together the survivor and the
+/// replacement get every message — those the dead one held and those of its partitions it never
+/// fetched — once the dead one's session has timed out.
+///
+/// On tansu the replacement is needed: there the survivor alone never gets the dead member's
+/// partitions (measured: 20 of 40 messages 26 s after the kill, with a 6 s session timeout). Its
+/// heartbeat path drops the dead member and answers `REBALANCE_IN_PROGRESS`, but the group stays
+/// formed with its old assignment (tansu-broker 0.6.0, `coordinator/group/administrator.rs`); a
+/// join from a new member forms it again. A Kafka broker rebalances on the survivor's rejoin.
+///
+/// And on tansu the replacement, joining within the dead member's session, makes the group
+/// give the dead member a share of the partitions, which nobody reads after its session ends
+/// ([`tansu_gives_a_dead_member_partitions_when_a_member_joins`] shows it without Weir). The
+/// messages of exactly those partitions may be missing at the deadline: the test then checks that
+/// no member here owns their partition and that nothing was committed past them, and has one
+/// more member join, which must get them. Anything else missing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_members_messages_come_back_to_the_group() {
+    use std::io::{BufRead, BufReader};
+    const MESSAGES: usize = 40;
+
+    if let Ok(bootstrap) = std::env::var(CRASHING_PEER) {
+        let bus = KafkaBus::connect(&bootstrap, options()).await.expect("connect");
+        let mut sub = bus.subscribe("peers", "peer-group").await.expect("subscribe");
+        println!("JOINED");
+        let mut held = Vec::new();
+        while let Some(delivery) = sub.next().await {
+            println!("HOLDING {}", String::from_utf8_lossy(&delivery.message.payload));
+            held.push(delivery);
+        }
+        std::future::pending::<()>().await;
+    }
+
+    let broker = Broker::start().await;
+    let survivor = broker.bus.subscribe("peers", "peer-group").await.expect("subscribe");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["a_crashed_members_messages_come_back_to_the_group", "--exact", "--nocapture"])
+        .env(CRASHING_PEER, broker.bootstrap())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the crashing member");
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let joined = async {
+        while let Some(line) = lines.recv().await {
+            if line == "JOINED" {
+                return;
+            }
+        }
+        panic!("the peer ended before it joined");
+    };
+    tokio::time::timeout(Duration::from_secs(30), joined).await.expect("the peer joined in time");
+    let published: Vec<Message> = (0..MESSAGES).map(|i| Message::new(format!("key-{i}"), format!("m{i}"))).collect();
+    broker.bus.publish("peers", published).await.expect("publish");
+
+    // Both members consume until the peer holds some; the survivor acks what it gets.
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let consume = |mut sub: Subscription| {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = sub.next().await {
+                seen.lock().unwrap().insert(String::from_utf8_lossy(&delivery.message.payload).into_owned());
+                delivery.ack().await.expect("ack");
+            }
+        })
+    };
+    let survivor = consume(survivor);
+    let mut held_by_peer = 0;
+    let until = Instant::now() + Duration::from_secs(15);
+    while held_by_peer == 0 && Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(100), lines.recv()).await {
+            Ok(Some(line)) => held_by_peer += usize::from(line.starts_with("HOLDING")),
+            Ok(None) => panic!("the peer ended"),
+            Err(_) => {}
+        }
+    }
+    assert!(held_by_peer > 0, "the peer got none of {MESSAGES} messages: the test shows nothing");
+    child.kill().expect("kill the member");
+    child.wait().expect("reap the member");
+    let killed = Instant::now();
+    let replacement = consume(broker.bus.subscribe("peers", "peer-group").await.expect("subscribe"));
+
+    let session = options().session_timeout;
+    let missing = || -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        (0..MESSAGES).map(|i| format!("m{i}")).filter(|m| !seen.contains(m)).collect()
+    };
+    let deadline = killed + session + Duration::from_secs(20);
+    while !missing().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let orphaned = missing();
+    let mut rescuer = None;
+    if !orphaned.is_empty() {
+        // tansu's dead member's share, and nothing else: no member here owns the partition of a
+        // missing message, and the group committed nothing past it.
+        let owned = broker.bus.assigned_partitions("peers", "peer-group");
+        let records = broker.read_raw("peers", MESSAGES).await;
+        let position = |payload: &str| {
+            let record = records.iter().find(|r| r.payload() == Some(payload.as_bytes())).expect("published");
+            (record.partition(), record.offset())
+        };
+        let committed = broker.committed_offsets("peers", "peer-group").await;
+        for message in &orphaned {
+            let (partition, offset) = position(message);
+            assert!(
+                !owned.contains(&partition),
+                "{message} (partition {partition}, offset {offset}) did not reach the group within {:?} of \
+                 the kill, though a live member owns its partition (owned: {owned:?})",
+                killed.elapsed()
+            );
+            let committed = committed[&partition];
+            assert!(
+                committed.is_none_or(|committed| committed <= offset),
+                "{message} (partition {partition}, offset {offset}) is missing and the group committed \
+                 {committed:?} past it"
+            );
+        }
+        eprintln!(
+            "{orphaned:?} on partitions no live member owns (owned: {owned:?}) {:?} after the kill: tansu \
+             gave them to the dead member; one more member joins",
+            killed.elapsed()
+        );
+        rescuer = Some(consume(broker.bus.subscribe("peers", "peer-group").await.expect("subscribe")));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !missing().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let missing = missing();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} of {MESSAGES} messages did not reach the group within {:?} of the kill (session timeout \
+         {session:?}; missing at the first deadline: {orphaned:?})",
+        killed.elapsed()
+    );
+    eprintln!("all back {:?} after the member was killed (session timeout {session:?})", killed.elapsed());
+    survivor.abort();
+    replacement.abort();
+    if let Some(rescuer) = rescuer {
+        rescuer.abort();
+    }
+}
+
+/// The environment variable that makes [`tansu_gives_a_dead_member_partitions_when_a_member_joins`]
+/// play the member that is killed, with the broker's address and the topic as its value.
+const RAW_DEAD_MEMBER: &str = "WEIR_KAFKA_RAW_DEAD_MEMBER";
+
+/// The group of [`tansu_gives_a_dead_member_partitions_when_a_member_joins`].
+const RAW_GROUP: &str = "raw-group";
+
+/// A plain rdkafka member of [`RAW_GROUP`] (no Weir), polled by a thread of its own.
+struct RawMember {
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RawMember {
+    fn join(bootstrap: &str, topic: &str) -> Self {
+        let consumer = raw_consumer(bootstrap, topic);
+        let owned = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_owned, thread_stop) = (owned.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+                let assignment = consumer.assignment().expect("the assignment");
+                *thread_owned.lock().unwrap() = assignment.elements().iter().map(|e| e.partition()).collect();
+            }
+        });
+        Self { owned, stop }
+    }
+
+    fn owned(&self) -> BTreeSet<i32> {
+        self.owned.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawMember {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What `members` own together, once `done` says so or `within` has passed.
+async fn owned_by(members: &[&RawMember], within: Duration, done: impl Fn(&BTreeSet<i32>) -> bool) -> BTreeSet<i32> {
+    let until = Instant::now() + within;
+    loop {
+        let owned: BTreeSet<i32> = members.iter().flat_map(|member| member.owned()).collect();
+        if done(&owned) || Instant::now() >= until {
+            return owned;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn raw_consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", RAW_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", options().session_timeout.as_millis().to_string())
+        .set("heartbeat.interval.ms", options().heartbeat_interval.as_millis().to_string())
+        .create()
+        .expect("a plain consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// tansu's group coordinator, shown with plain rdkafka consumers: when a member joins a group
+/// while a dead member's session is still running, the leader is told about the dead member too
+/// (tansu answers a JoinGroup at once with every member it knows, where Kafka waits for each to
+/// rejoin or time out), so the dead member gets a share of the partitions. When its session
+/// ends, tansu drops it but keeps the group formed with that assignment: those partitions have
+/// no reader until another member joins. If this test fails, tansu was fixed: drop the tolerance
+/// in [`a_crashed_members_messages_come_back_to_the_group`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_gives_a_dead_member_partitions_when_a_member_joins() {
+    use std::io::{BufRead, BufReader};
+
+    if let Ok(value) = std::env::var(RAW_DEAD_MEMBER) {
+        let (bootstrap, topic) = value.split_once(' ').expect("bootstrap and topic");
+        let consumer = raw_consumer(bootstrap, topic);
+        let mut told = false;
+        loop {
+            let _ = consumer.poll(Duration::from_millis(100));
+            if !told && consumer.assignment().expect("the assignment").count() > 0 {
+                println!("ASSIGNED");
+                told = true;
+            }
+        }
+    }
+
+    let broker = Broker::start().await;
+    broker.bus.publish("raw", vec![Message::new("k", "creates the topic")]).await.expect("publish");
+    let bootstrap = broker.bootstrap();
+    let topic = broker.bus.kafka_topic("raw").expect("a valid topic");
+    let all: BTreeSet<i32> = (0..PARTITIONS as i32).collect();
+    let first = RawMember::join(&bootstrap, &topic);
+    assert_eq!(owned_by(&[&first], Duration::from_secs(15), |owned| *owned == all).await, all, "the first member");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["tansu_gives_a_dead_member_partitions_when_a_member_joins", "--exact", "--nocapture"])
+        .env(RAW_DEAD_MEMBER, format!("{bootstrap} {topic}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the member that dies");
+    let stdout = child.stdout.take().expect("piped");
+    let assigned = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == "ASSIGNED")
+    });
+    let assigned = tokio::time::timeout(Duration::from_secs(30), assigned).await.expect("the second member in time");
+    assert!(assigned.expect("the reader"), "the second member ended before its assignment");
+    let shared = owned_by(&[&first], Duration::from_secs(15), |owned| !owned.is_empty() && *owned != all).await;
+    assert!(!shared.is_empty() && shared != all, "the first member shares with the second: {shared:?}");
+    child.kill().expect("kill the member");
+    child.wait().expect("reap the member");
+    let killed = Instant::now();
+    let second = RawMember::join(&bootstrap, &topic);
+
+    // Long after the dead member's session ended, the living own only part of the topic.
+    let session = options().session_timeout;
+    tokio::time::sleep((killed + session + Duration::from_secs(10)).saturating_duration_since(Instant::now())).await;
+    let owned = owned_by(&[&first, &second], Duration::ZERO, |_| true).await;
+    let orphaned: Vec<i32> = all.difference(&owned).copied().collect();
+    assert!(
+        !orphaned.is_empty(),
+        "the living members own every partition {:?} after the kill: tansu no longer gives a dead \
+         member partitions",
+        killed.elapsed()
+    );
+    eprintln!("{:?} after the kill, no living member owns {orphaned:?}", killed.elapsed());
+
+    // Another member joining forms the group again, without the dead one.
+    let third = RawMember::join(&bootstrap, &topic);
+    let owned = owned_by(&[&first, &second, &third], Duration::from_secs(20), |owned| *owned == all).await;
+    assert_eq!(owned, all, "after another member joined");
 }
