@@ -4,7 +4,8 @@
 //!
 //! Three figures per client:
 //! - **publish**: messages per second through `publish` calls of `--batch` messages each;
-//! - **consume + ack**: a new group reads the published messages from the start and acks each;
+//! - **consume + ack**: a group, there before the messages were published (as a service's
+//!   groups are), reads them and acks each;
 //! - **end to end**: `--e2e-messages` single-message publishes paced at `--e2e-rate` per second
 //!   while a group consumes: p50 and p99 of publish call → delivery.
 
@@ -42,9 +43,14 @@ pub enum Kind {
 pub(super) trait Client: Send + Sync {
     /// Publishes `batch` (key, payload) to `topic`; returns once the broker has all of it.
     async fn publish(&self, topic: &str, batch: Vec<(String, Bytes)>) -> anyhow::Result<()>;
-    /// Reads `count` messages of `topic` from the start as the new group `group`, acking each;
+    /// Reads `count` messages of `topic` from the start as the group `group`, acking each;
     /// `seen` gets each payload as it arrives.
     async fn consume(&self, topic: &str, group: &str, count: u64, seen: Seen) -> anyhow::Result<()>;
+    /// Makes `group` exist on `topic` before anything is published, as a service's groups do
+    /// when it starts (a transport may do work for a group created after the fact).
+    async fn join(&self, _topic: &str, _group: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Called with each consumed payload.
@@ -58,6 +64,11 @@ impl Client for Adapter {
     async fn publish(&self, topic: &str, batch: Vec<(String, Bytes)>) -> anyhow::Result<()> {
         let messages = batch.into_iter().map(|(key, payload)| Message::new(key, payload)).collect();
         Ok(self.0.publisher.publish(topic, messages).await?)
+    }
+
+    async fn join(&self, topic: &str, group: &str) -> anyhow::Result<()> {
+        drop(self.0.subscriber.subscribe(topic, group).await?);
+        Ok(())
     }
 
     async fn consume(&self, topic: &str, group: &str, count: u64, seen: Seen) -> anyhow::Result<()> {
@@ -101,6 +112,8 @@ pub(super) async fn measure(label: &str, client: Arc<dyn Client>, sizes: &Sizes)
     let run = uuid::Uuid::now_v7().simple().to_string();
     let topic = format!("bench.{run}");
     let filler = Bytes::from(vec![b'x'; sizes.payload.max(8)]);
+    let group = format!("bench-{run}");
+    client.join(&topic, &group).await.with_context(|| format!("{label}: join"))?;
 
     let bar = progress(sizes.messages, &format!("{label} publish"));
     let started = Instant::now();
@@ -119,10 +132,7 @@ pub(super) async fn measure(label: &str, client: Arc<dyn Client>, sizes: &Sizes)
     let counted = bar.clone();
     let started = Instant::now();
     let seen: Seen = Arc::new(move |_| counted.inc(1));
-    client
-        .consume(&topic, &format!("bench-{run}"), sizes.messages, seen)
-        .await
-        .with_context(|| format!("{label}: consume"))?;
+    client.consume(&topic, &group, sizes.messages, seen).await.with_context(|| format!("{label}: consume"))?;
     let consume = sizes.messages as f64 / started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 

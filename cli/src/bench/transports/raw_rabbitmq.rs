@@ -115,6 +115,12 @@ impl Client for Tracked {
         lock(&LEFTOVERS.groups).insert((topic.to_owned(), group.to_owned()));
         self.0.consume(topic, group, count, seen).await
     }
+
+    async fn join(&self, topic: &str, group: &str) -> anyhow::Result<()> {
+        lock(&LEFTOVERS.topics).insert(topic.to_owned());
+        lock(&LEFTOVERS.groups).insert((topic.to_owned(), group.to_owned()));
+        self.0.join(topic, group).await
+    }
 }
 
 pub(in crate::bench) struct RawRabbit {
