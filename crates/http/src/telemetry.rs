@@ -58,10 +58,18 @@ fn filter_from_env() -> Result<EnvFilter, Error> {
         if let Ok(directives) = std::env::var(variable)
             && !directives.trim().is_empty()
         {
-            return EnvFilter::try_new(&directives).map_err(|source| Error::Filter { variable, source });
+            return EnvFilter::try_new(with_quiet(&directives)).map_err(|source| Error::Filter { variable, source });
         }
     }
-    Ok(EnvFilter::new("info"))
+    Ok(EnvFilter::new(with_quiet("info")))
+}
+
+/// Libraries' logs that say nothing to an operator, unless the directives name them: lapin logs
+/// at ERROR every channel the broker closes, and the RabbitMQ transport closes one on purpose
+/// whenever it asks about a queue that does not exist yet (its lag gauges ask every few
+/// seconds); the transport reports real failures itself.
+fn with_quiet(directives: &str) -> String {
+    if directives.contains("lapin") { directives.to_owned() } else { format!("lapin::channel=off,{directives}") }
 }
 
 /// JSON lines: the event's fields at the top level and every enclosing span, outermost first,
