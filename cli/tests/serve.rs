@@ -369,7 +369,10 @@ async fn a_bad_bus_url_is_a_clear_error_at_start() {
         (vec!["--bus", "foo://127.0.0.1:1"], "unknown scheme \"foo\"; use nats://, kafka://, amqp:// or redis://"),
         (vec!["--bus", "kafka://127.0.0.1:1"], "is a Kafka broker running there"),
         (vec!["--bus", "kafka://127.0.0.1:1?batch=1"], "unknown setting \"batch\""),
-        (vec!["--bus", "amqp://guest:hunter2@127.0.0.1:1/%2f"], "amqp://guest:***@127.0.0.1:1/%2f: is RabbitMQ running"),
+        (
+            vec!["--bus", "amqp://guest:hunter2@127.0.0.1:1/%2f"],
+            "amqp://guest:***@127.0.0.1:1/%2f: is RabbitMQ running",
+        ),
         (vec!["--bus", "redis://:hunter2@127.0.0.1:1"], "redis://:***@127.0.0.1:1: is redis-server"),
         (vec!["--bus", "nats://127.0.0.1:1"], "is nats-server running with JetStream"),
         (vec!["--bus-route", "orders commands=nats://127.0.0.1:4222"], "bad pattern"),
