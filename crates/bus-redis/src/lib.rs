@@ -26,8 +26,10 @@
 //!   answered the `EXEC`: the batch is applied all or nothing. It runs as a task of its own, so a
 //!   caller that drops the future cannot cut a batch in half. With [`Options::min_replicas`], it
 //!   then waits (`WAIT`) until that many replicas have the batch.
-//! - **Ack** is `XACK`. A delivery dropped unsettled is handed out again at once, by its own
-//!   process, with its attempt one higher.
+//! - **Ack** is `XACK`, and returns once Redis confirmed it; acks settled while an earlier one is
+//!   on its way share one round trip (an `XACK` per partition with all their ids). A delivery
+//!   dropped unsettled is handed out again at once, by its own process, with its attempt one
+//!   higher.
 //! - **Nack with a delay** moves the message, in one Lua script, from the group's pending entries
 //!   list (`XACK`) to the group's **retry set** — a sorted set `<prefix>:{<topic>}:g:<group>:retry`
 //!   whose members are `<partition>:<entry id>` and whose scores are the Unix milliseconds (of the
