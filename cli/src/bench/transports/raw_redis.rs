@@ -86,16 +86,21 @@ impl Client for RawRedis {
         Ok(())
     }
 
-    async fn consume(&self, topic: &str, group: &str, count: u64, seen: Seen) -> anyhow::Result<()> {
-        let streams = Self::streams(topic);
+    async fn join(&self, topic: &str, group: &str) -> anyhow::Result<()> {
         let mut conn = self.conn.clone();
-        for stream in &streams {
-            let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
+        for stream in Self::streams(topic) {
+            let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&stream, group, "0").await;
             match created {
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 other => other?,
             }
         }
+        Ok(())
+    }
+
+    async fn consume(&self, topic: &str, group: &str, count: u64, seen: Seen) -> anyhow::Result<()> {
+        self.join(topic, group).await?;
+        let streams = Self::streams(topic);
         let mut reader =
             self.client.get_multiplexed_async_connection_with_config(&Self::config(BLOCK + RESPONSE_TIMEOUT)).await?;
         let block = usize::try_from(BLOCK.as_millis())?;
