@@ -603,8 +603,7 @@ impl Publisher for KafkaBus {
     }
 }
 
-const CAPABILITIES: Capabilities =
-    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+const CAPABILITIES: Capabilities = Capabilities::ALL;
 
 impl KafkaBus {
     async fn join(&self, topic: &str, group: &str, wants: Option<TypeFilter>) -> Result<Subscription> {

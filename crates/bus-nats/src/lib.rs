@@ -448,8 +448,7 @@ impl Publisher for NatsBus {
     }
 }
 
-const CAPABILITIES: Capabilities =
-    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+const CAPABILITIES: Capabilities = Capabilities::ALL;
 
 #[async_trait]
 impl Subscriber for NatsBus {
@@ -487,7 +486,8 @@ impl Subscriber for NatsBus {
         validate_name(group)?;
         let mut stream = match shared.js.get_stream(self.stream_name(topic)).await {
             Ok(stream) => stream,
-            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
                 return Ok(0);
             }
             Err(e) => return Err(shared.error(e)),

@@ -484,8 +484,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-const CAPABILITIES: Capabilities =
-    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+const CAPABILITIES: Capabilities = Capabilities::ALL;
 
 #[async_trait]
 impl Publisher for RabbitBus {

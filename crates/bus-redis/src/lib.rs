@@ -465,8 +465,7 @@ impl Publisher for RedisBus {
     }
 }
 
-const CAPABILITIES: Capabilities =
-    Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+const CAPABILITIES: Capabilities = Capabilities::ALL;
 
 #[async_trait]
 impl Subscriber for RedisBus {

@@ -88,6 +88,12 @@ pub struct Capabilities {
     pub delayed_redelivery: bool,
 }
 
+impl Capabilities {
+    /// Every guarantee: what a transport that passes the conformance suite declares.
+    pub const ALL: Self =
+        Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true };
+}
+
 /// Errors of bus operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

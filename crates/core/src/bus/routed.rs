@@ -128,15 +128,12 @@ impl Subscriber for Routed {
 }
 
 fn all(each: impl Iterator<Item = Capabilities>) -> Capabilities {
-    each.fold(
-        Capabilities { ordered_per_key: true, persistent: true, consumer_groups: true, delayed_redelivery: true },
-        |a, b| Capabilities {
-            ordered_per_key: a.ordered_per_key && b.ordered_per_key,
-            persistent: a.persistent && b.persistent,
-            consumer_groups: a.consumer_groups && b.consumer_groups,
-            delayed_redelivery: a.delayed_redelivery && b.delayed_redelivery,
-        },
-    )
+    each.fold(Capabilities::ALL, |a, b| Capabilities {
+        ordered_per_key: a.ordered_per_key && b.ordered_per_key,
+        persistent: a.persistent && b.persistent,
+        consumer_groups: a.consumer_groups && b.consumer_groups,
+        delayed_redelivery: a.delayed_redelivery && b.delayed_redelivery,
+    })
 }
 
 #[cfg(test)]
