@@ -1,6 +1,6 @@
-//! The distributed bus of `weir serve` and the operators' commands: a transport picked by the
-//! URL's scheme, and optionally other transports for some topics (`--bus-route`), so that e.g.
-//! commands go over RabbitMQ while events go over Kafka.
+//! The distributed bus of `weir serve` (and the brokers `weir bench bus` measures): a transport
+//! picked by the URL's scheme (`weir-bus`), and optionally other transports for some topics
+//! (`--bus-route`), so that e.g. commands go over RabbitMQ while events go over Kafka.
 
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ pub struct BusArgs {
     #[arg(long = "bus-route", env = "WEIR_BUS_ROUTES", value_name = "PATTERN=URL", value_delimiter = ';')]
     pub routes: Vec<String>,
     /// Namespace of the bus's topics, queues and groups on every transport: the same for every
-    /// process of one deployment, different for deployments sharing brokers.
+    /// process of one deployment, different for deployments sharing brokers. On Kafka the topics
+    /// are `<prefix>.<topic>`; an empty prefix (Kafka only) gives the bare names (`orders`).
     #[arg(long = "bus-prefix", env = "WEIR_BUS_PREFIX", default_value = "weir", alias = "nats-prefix")]
     pub prefix: String,
 }
