@@ -42,8 +42,8 @@ impl Bus {
     /// Events over a Kafka broker of the test's own, commands and saga timers over RabbitMQ.
     fn kafka_and_rabbitmq() -> Self {
         let tansu = weir_testkit::server::tansu();
-        // The broker forgets the deployment's queues ten minutes after it ends.
-        let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=600";
+        // The broker forgets the deployment's queues a minute after it ends.
+        let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=60";
         let args = vec![
             "--bus".into(),
             format!("kafka://127.0.0.1:{}?batch_messages=1", tansu.port()),

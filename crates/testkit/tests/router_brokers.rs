@@ -48,8 +48,8 @@ mod rabbitmq {
     use super::*;
 
     fn backend() -> OnBroker {
-        // The broker forgets the case's queues ten minutes after it ends.
-        OnBroker { url: "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=600".into(), _broker: None }
+        // The broker forgets the case's queues a minute after it ends.
+        OnBroker { url: "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expiry=60".into(), _broker: None }
     }
 
     weir_testkit::router_tests!(backend());
