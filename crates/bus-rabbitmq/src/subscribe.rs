@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::{
     Channel, Consumer,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeleteOptions},
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeleteOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -289,7 +289,7 @@ async fn consume(core: &Core, shared: &Shared) -> Result<()> {
         let window = u16::try_from(u32::from(prefetch) * core.partitions).unwrap_or(u16::MAX);
         channel.basic_qos(window, BasicQosOptions::default()).await.map_err(|e| core.error(e))?;
         let consumer = subscribe_to(core, &channel, &history).await?;
-        catch_up(core, shared, consumer).await?;
+        catch_up(core, shared, &channel, consumer).await?;
     }
     // A prefetch applies to each consumer started after it on the channel.
     channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| core.error(e))?;
@@ -314,12 +314,22 @@ async fn subscribe_to(core: &Core, channel: &Channel, queue: &str) -> Result<Con
 /// Delivers the group's history. At its end marker, once every message of it is settled, the
 /// history queue is deleted — which also ends the other processes' waiting consumers — and
 /// the partitions follow.
-async fn catch_up(core: &Core, shared: &Shared, mut consumer: Consumer) -> Result<()> {
+async fn catch_up(core: &Core, shared: &Shared, consuming: &Channel, mut consumer: Consumer) -> Result<()> {
     let mut end = None;
     loop {
         let mut settled = pin!(core.settled.notified());
         settled.as_mut().enable();
         if end.is_some() && core.history_unsettled.load(Ordering::Acquire) == 0 {
+            // The consumer is cancelled, and its cancel-ok awaited, before the queue goes. A
+            // basic.cancel that reaches RabbitMQ 3.10 after its queue was deleted is answered
+            // with two cancel-oks; lapin takes the second for a protocol violation
+            // (UNEXPECTED_FRAME) and closes the whole connection: every later operation of the
+            // bus fails with `Closed`.
+            consuming
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| core.error(e))?;
+            drop(consumer);
             let channel = shared.channel().await?;
             channel
                 .queue_delete(core.names.history().as_str().into(), QueueDeleteOptions::default())
