@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::{
     Channel, Consumer,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeleteOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+        QueueDeleteOptions,
+    },
     types::FieldTable,
 };
 use tokio::{
@@ -325,10 +328,7 @@ async fn catch_up(core: &Core, shared: &Shared, consuming: &Channel, mut consume
             // with two cancel-oks; lapin takes the second for a protocol violation
             // (UNEXPECTED_FRAME) and closes the whole connection: every later operation of the
             // bus fails with `Closed`.
-            consuming
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await
-                .map_err(|e| core.error(e))?;
+            consuming.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await.map_err(|e| core.error(e))?;
             drop(consumer);
             let channel = shared.channel().await?;
             channel
