@@ -1,6 +1,6 @@
 //! `weir up` killed with SIGKILL under load, again and again, then restarted: every accepted
 //! order ends COMPLETED or CANCELLED, nobody is charged twice or left charged for a cancelled
-//! order, stock is conserved, and each outcome is notified exactly once (DESIGN.md §3).
+//! order, stock is conserved, and each outcome is notified exactly once (ARCHITECTURE.md, "services").
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The Document Intelligence Platform's events (DESIGN.md §4), choreographed over three topics:
+//! The Document Intelligence Platform's events (ARCHITECTURE.md, the Document Intelligence Platform), choreographed over three topics:
 //! upload → `doc.uploaded` → processing → `doc.processed` → classification → `doc.classified`.
 //! Every payload's subject is its document id, so everything about one document is handled in
 //! order. Blobs travel by key (`raw/{user}/{document}`, `text/...`, `thumbnails/...`), never inline.

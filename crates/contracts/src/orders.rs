@@ -1,4 +1,4 @@
-//! The order pipeline's events and commands (DESIGN.md §3), grouped by owner.
+//! The order pipeline's events and commands (ARCHITECTURE.md, "services"), grouped by owner.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

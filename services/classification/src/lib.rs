@@ -1,4 +1,4 @@
-//! The classification service (DESIGN.md §4, step 3): a trained text classifier
+//! The classification service (ARCHITECTURE.md, the Document Intelligence Platform, step 3): a trained text classifier
 //! ([`weir_classifier`]) served two ways.
 //!
 //! - **gRPC** ([`grpc`], `proto/classifier.proto`): unary `Classify`, server-streaming

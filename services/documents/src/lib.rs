@@ -1,5 +1,5 @@
-//! The documents service: the upload side of the Document Intelligence Platform (DESIGN.md §4
-//! items 1 and 5).
+//! The documents service: the upload side of the Document Intelligence Platform
+//! (ARCHITECTURE.md describes the flow).
 //!
 //! `POST /v1/documents` takes one file as multipart/form-data and streams it to a spool file
 //! while counting, hashing, sniffing its type from its magic bytes and scanning it for viruses

@@ -1,4 +1,4 @@
-//! The inventory service: the owner of products, prices and stock (DESIGN.md §3). It publishes
+//! The inventory service: the owner of products, prices and stock (ARCHITECTURE.md, "services"). It publishes
 //! the catalog (`product_added` on `inventory`, which is how orders learns prices), reserves a
 //! paid order's lines all or nothing (`payment_successful` → `stock_reserved` |
 //! `stock_unavailable`), releases a reservation on the saga's `release_stock` command, and turns

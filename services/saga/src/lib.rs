@@ -1,4 +1,4 @@
-//! The saga service: the orchestrator of order fulfilment (DESIGN.md §3 step 4). For every
+//! The saga service: the orchestrator of order fulfilment (ARCHITECTURE.md, "services", saga). For every
 //! order it runs one persisted state machine ([`machine`]) that reacts to `order_created`, the
 //! payment and stock answers and its own durable step timers, and sends commands to the owners:
 //! `complete_order` / `cancel_order` to orders, `refund_payment` to payments, `release_stock` to
