@@ -96,18 +96,13 @@ async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connectio
             Ok(Transport::of(bus))
         }
         "kafka" => {
-            let (bootstrap, settings_of_url) = split_settings(&url["kafka://".len()..]);
-            let mut options = weir_bus_kafka::Options {
+            let (bootstrap, batch_messages) = kafka_address(url)?;
+            let options = weir_bus_kafka::Options {
                 session_timeout: settings.redelivery,
                 heartbeat_interval: settings.redelivery / 10,
+                batch_messages,
                 ..weir_bus_kafka::Options::with_prefix(prefix)
             };
-            for (name, value) in settings_of_url {
-                match name {
-                    "batch_messages" => options.batch_messages = Some(number(url, name, value)?),
-                    _ => return Err(unknown_setting(url, name, "batch_messages=N (1 for tansu)")),
-                }
-            }
             let bus = weir_bus_kafka::KafkaBus::connect(bootstrap, options)
                 .await
                 .map_err(unreachable("is a Kafka broker running there (or tansu: scripts/tansu)?"))?;
@@ -143,6 +138,23 @@ async fn connect(url: &str, settings: &Settings, connections: &mut Vec<Connectio
         }
         scheme => Err(Error::Scheme { url: redacted(url), scheme: scheme.to_owned() }),
     }
+}
+
+/// The bootstrap list of a `kafka://` URL and its `batch_messages` setting.
+pub fn kafka_address(url: &str) -> Result<(&str, Option<u32>), Error> {
+    let Some(rest) = url.strip_prefix("kafka://") else {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme).to_owned();
+        return Err(Error::Scheme { url: redacted(url), scheme });
+    };
+    let (bootstrap, settings) = split_settings(rest);
+    let mut batch_messages = None;
+    for (name, value) in settings {
+        match name {
+            "batch_messages" => batch_messages = Some(number(url, name, value)?),
+            _ => return Err(unknown_setting(url, name, "batch_messages=N (1 for tansu)")),
+        }
+    }
+    Ok((bootstrap, batch_messages))
 }
 
 /// Weir's own settings in a URL's query (`?name=value&…`), taken off before the address goes to

@@ -54,10 +54,10 @@ impl RawKafka {
     /// Connects to the brokers of `kafka://HOST:PORT[,HOST:PORT…][?batch_messages=N]`; the
     /// producer puts at most N messages in a record batch, as the adapter does with that URL.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (bootstrap, batch_messages) = parse(url)?;
+        let (bootstrap, batch_messages) = weir_bus::kafka_address(url)?;
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &bootstrap)
+            .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("partitioner", "murmur2_random");
@@ -66,12 +66,12 @@ impl RawKafka {
         }
         let producer: FutureProducer = config.create()?;
         let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+            ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
         let probe = producer.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, TIMEOUT))
             .await?
             .with_context(|| how_to_run_a_broker(url))?;
-        Ok(Self { bootstrap, producer, admin, topics: Mutex::default() })
+        Ok(Self { bootstrap: bootstrap.to_owned(), producer, admin, topics: Mutex::default() })
     }
 
     /// The Kafka topic of `topic`, created as the adapter creates its own (same partitions)
@@ -92,19 +92,6 @@ impl RawKafka {
         self.topics.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
         Ok(name)
     }
-}
-
-/// The bootstrap list and `batch_messages` of a `kafka://` URL.
-fn parse(url: &str) -> anyhow::Result<(String, Option<u32>)> {
-    let rest = url.strip_prefix("kafka://").with_context(|| format!("{url} is not a kafka:// URL"))?;
-    let (bootstrap, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut batch_messages = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        if let Some(("batch_messages", n)) = pair.split_once('=') {
-            batch_messages = Some(n.parse().with_context(|| format!("{url}: batch_messages={n:?} is not a number"))?);
-        }
-    }
-    Ok((bootstrap.to_owned(), batch_messages))
 }
 
 #[async_trait]
@@ -159,12 +146,12 @@ impl Client for RawKafka {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
 
     #[test]
     fn urls_give_the_bootstrap_list_and_the_batch_size() {
-        assert_eq!(parse("kafka://a:9092,b:9092").unwrap(), ("a:9092,b:9092".to_owned(), None));
-        assert_eq!(parse("kafka://127.0.0.1:9092?batch_messages=1").unwrap(), ("127.0.0.1:9092".to_owned(), Some(1)));
+        let parse = weir_bus::kafka_address;
+        assert_eq!(parse("kafka://a:9092,b:9092").unwrap(), ("a:9092,b:9092", None));
+        assert_eq!(parse("kafka://127.0.0.1:9092?batch_messages=1").unwrap(), ("127.0.0.1:9092", Some(1)));
         assert!(parse("kafka://h:1?batch_messages=x").is_err());
         assert!(parse("nats://h:1").is_err());
     }
